@@ -1,0 +1,360 @@
+"""Hugging Face <-> jaxtl: load HF BERT checkpoints into jaxtl models and export them back.
+
+    model, params = jaxtl.hf.load("bert-base-uncased", head="classification", num_labels=2)
+    tok = jaxtl.hf.tokenizer("bert-base-uncased")
+    batch = tok(["a sentence", "another one"], padding=True, return_tensors="np")
+    out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                      batch["token_type_ids"])          # out["logits"]: [2, 2]
+    jaxtl.hf.save(model, params, "exported/", tokenizer=tok)  # transformers loads it back
+
+Conversion is a fixed table: a jaxtl parameter path ``bert/encoder/layer/0/attention/self/query/
+kernel`` is the HF weight ``bert.encoder.layer.0.attention.self.query.weight`` transposed (Linear
+weights are (out, in) in torch, (in, out) in Flax); LayerNorm ``scale`` is ``weight`` (legacy
+``gamma``/``beta`` accepted); ``embedding`` is ``weight``. Merging is strict: trunk weights that are
+missing, unexpected or of the wrong shape are errors that list them; head weights the checkpoint
+lacks are newly initialised and named in one log line; weights of other heads are dropped, named.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+from flax import traverse_util
+
+from jaxtl.heads import build, head_of
+from jaxtl.model import BertConfig, ConfigError
+
+log = logging.getLogger("jaxtl")
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# Weights HF checkpoints may hold that carry no information for us.
+IGNORED = (
+    "bert.embeddings.position_ids",  # a buffer in older checkpoints
+    "cls.predictions.decoder.weight",  # tied to the word embeddings
+    "cls.predictions.decoder.bias",  # tied to cls.predictions.bias
+)
+# Weight-name prefixes of the HF heads; everything else is the trunk (under "bert.").
+HEAD_PREFIXES = ("cls.predictions.", "cls.seq_relationship.", "classifier.")
+ARCHITECTURES = {
+    None: "BertModel",
+    "pretraining": "BertForPreTraining",
+    "classification": "BertForSequenceClassification",
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint jaxtl cannot load as asked; the message names the file or weight."""
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and reading files
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A local folder for ``name_or_path``: the folder itself, a fetched asset, or a hub download."""
+    text = str(name_or_path)
+    if text.startswith("asset:"):
+        from jaxtl import assets
+
+        return Path(assets.resolve(text))
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; pass the folder that holds config.json")
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep == "\\"
+    if looks_local:
+        raise CheckpointError(f"checkpoint folder {path} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                text,
+                allow_patterns=["*.json", "*.safetensors", "pytorch_model.bin", "vocab.txt", "*.model"],
+            )
+        )
+    except Exception as e:  # offline, unknown repo, gated repo, ...
+        raise CheckpointError(
+            f"{text!r} is not a local folder and could not be fetched from the Hugging Face hub "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no config.json; is it a Hugging Face model folder?")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # truncated or corrupt file
+        raise CheckpointError(f"{path} could not be read (truncated or corrupt?): {e}") from None
+
+
+def read_state_dict(folder: Path) -> dict[str, np.ndarray]:
+    """All weights of an HF folder as numpy arrays, from safetensors (single or sharded) or .bin."""
+    single, index, torch_bin = (folder / name for name in WEIGHT_FILES)
+    if single.is_file():
+        return _read_safetensors(single)
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index} is not a valid safetensors index: {e}") from None
+        state = {}
+        for shard in sorted(set(weight_map.values())):
+            if not (folder / shard).is_file():
+                raise CheckpointError(f"{index} names shard {shard}, which is missing from {folder}")
+            state.update(_read_safetensors(folder / shard))
+        return state
+    if torch_bin.is_file():
+        try:
+            import torch
+        except ImportError:
+            raise CheckpointError(
+                f"{torch_bin} is a PyTorch pickle; reading it needs torch "
+                "(pip install torch), or convert the folder to safetensors"
+            ) from None
+        try:
+            tensors = torch.load(str(torch_bin), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{torch_bin} could not be read: {e}") from None
+        return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in tensors.items()}
+    present = sorted(p.name for p in folder.iterdir())
+    raise CheckpointError(
+        f"{folder} holds no weights (looked for {', '.join(WEIGHT_FILES)}; found {present})"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Name table
+
+
+def _canonical(name: str) -> str:
+    """HF weight name -> the BertForPreTraining-style name (trunk under ``bert.``)."""
+    if name.endswith(".gamma"):
+        name = name[: -len("gamma")] + "weight"
+    elif name.endswith(".beta"):
+        name = name[: -len("beta")] + "bias"
+    if name.startswith(HEAD_PREFIXES) or name.startswith("bert."):
+        return name
+    return "bert." + name
+
+
+def hf_name(path: tuple[str, ...]) -> str:
+    """jaxtl parameter path -> canonical HF weight name."""
+    leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(path[-1], path[-1])
+    return ".".join(path[:-1] + (leaf,))
+
+
+def _is_head(name: str) -> bool:
+    return name.startswith(HEAD_PREFIXES)
+
+
+def convert_state_dict(
+    state: dict[str, np.ndarray], abstract_params: Any, *, source: str = "checkpoint"
+) -> tuple[dict[tuple[str, ...], np.ndarray], list[str], list[str]]:
+    """Map HF weights onto a jaxtl parameter tree.
+
+    Args:
+      state: HF weight name -> array (any of the BertModel/BertFor... layouts).
+      abstract_params: the target tree (``jax.eval_shape`` of ``model.init``, unboxed).
+      source: for messages.
+
+    Returns:
+      ``(loaded, new_heads, dropped)``: flat path -> array (cast to the target dtype),
+      HF names of the head weights that must be newly initialised, and HF names of the
+      checkpoint's weights for other heads that were left out.
+    """
+    by_name = {}
+    for name, value in state.items():
+        canonical = _canonical(name)
+        if canonical in by_name:
+            raise CheckpointError(f"{source}: weight {name!r} appears twice (as {canonical!r})")
+        by_name[canonical] = value
+    for name in IGNORED:
+        by_name.pop(name, None)
+
+    loaded, new_heads, missing, mismatched = {}, [], [], []
+    flat_target = traverse_util.flatten_dict(abstract_params)
+    for path, target in flat_target.items():
+        name = hf_name(path)
+        if name not in by_name:
+            (new_heads if _is_head(name) or name.startswith("bert.pooler.") else missing).append(name)
+            continue
+        stored = np.asarray(by_name.pop(name))
+        value = stored.T if path[-1] == "kernel" else stored
+        if value.shape != tuple(target.shape):
+            expected = tuple(target.shape)[::-1] if path[-1] == "kernel" else tuple(target.shape)
+            if name.startswith("classifier."):
+                # Another label set (e.g. a checkpoint fine-tuned on a different task).
+                new_heads.append(f"{name} (checkpoint shape {stored.shape}, model {expected})")
+                continue
+            mismatched.append(f"{name}: checkpoint has shape {stored.shape}, model expects {expected}")
+            continue
+        loaded[path] = value.astype(target.dtype)
+    dropped = sorted(n for n in by_name if _is_head(n))
+    unexpected = sorted(n for n in by_name if not _is_head(n))
+    problems = []
+    if mismatched:
+        problems.append("weights of the wrong shape:\n  " + "\n  ".join(mismatched))
+    if missing:
+        problems.append("missing weights:\n  " + "\n  ".join(missing))
+    if unexpected:
+        problems.append("unexpected weights:\n  " + "\n  ".join(unexpected))
+    if problems:
+        raise CheckpointError(f"{source} does not match the model config:\n" + "\n".join(problems))
+    return loaded, new_heads, dropped
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def tokenizer(name_or_path: str | os.PathLike):
+    """The Hugging Face fast tokenizer saved with a checkpoint (folder, hub id or asset:)."""
+    from transformers import AutoTokenizer
+
+    folder = resolve(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:
+        raise CheckpointError(
+            f"could not load a tokenizer from {folder} ({type(e).__name__}: {e}); it needs "
+            "tokenizer.json or tokenizer_config.json + vocab.txt"
+        ) from None
+
+
+def load_config(name_or_path: str | os.PathLike, **overrides) -> BertConfig:
+    folder = resolve(name_or_path)
+    try:
+        return BertConfig.from_hf(read_config(folder), source=str(folder / "config.json"), **overrides)
+    except TypeError as e:
+        raise ConfigError(f"{folder / 'config.json'}: {e}") from None
+
+
+def abstract_params(model: nn.Module, seq_len: int = 8) -> Any:
+    """Shapes and dtypes of the model's parameters (unboxed), without computing anything."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), ids)["params"])
+    return nn.unbox(shapes)
+
+
+def init_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> Any:
+    """Freshly initialised (unboxed) parameters."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return nn.unbox(jax.jit(model.init)(rng, ids)["params"])
+
+
+def load(
+    name_or_path: str | os.PathLike,
+    head: str | None = None,
+    num_labels: int | None = None,
+    dtype: Any = jnp.float32,
+    *,
+    labels: tuple[str, ...] | None = None,
+    param_dtype: Any = jnp.float32,
+    seed: int = 0,
+    **config_overrides,
+) -> tuple[nn.Module, Any]:
+    """Load an HF BERT checkpoint (folder, hub id or ``asset:NAME``) into a jaxtl model.
+
+    Args:
+      head: None (bare trunk), ``"pretraining"`` (MLM + NSP) or ``"classification"``.
+      num_labels: classification outputs (1 = regression); default: the checkpoint's.
+      labels: label names in id order (implies num_labels).
+      dtype: compute dtype; ``param_dtype``: storage dtype.
+      seed: initialises head weights the checkpoint lacks.
+      config_overrides: other :class:`BertConfig` fields (e.g. ``hidden_dropout_prob=0.0``).
+
+    Returns ``(model, params)``.
+    """
+    folder = resolve(name_or_path)
+    overrides = dict(config_overrides)
+    if labels is not None:
+        overrides["labels"] = tuple(str(label) for label in labels)
+    elif num_labels is not None:
+        current = load_config(folder).labels
+        if len(current) != num_labels:
+            overrides["labels"] = tuple(f"LABEL_{i}" for i in range(num_labels))
+    overrides["dtype"] = jnp.dtype(dtype).name
+    overrides["param_dtype"] = jnp.dtype(param_dtype).name
+    config = load_config(folder, **overrides)
+    model = build(config, head)
+    params = load_params(folder, model, seed=seed)
+    return model, params
+
+
+def load_params(folder: str | os.PathLike, model: nn.Module, *, seed: int = 0) -> Any:
+    """Parameters for ``model`` from the weights in ``folder`` (missing heads initialised)."""
+    folder = resolve(folder)
+    target = abstract_params(model)
+    loaded, new_heads, dropped = convert_state_dict(
+        read_state_dict(folder), target, source=str(folder)
+    )
+    if dropped:
+        log.info("not used by this head (another head's weights): %s", ", ".join(dropped))
+    if new_heads:
+        log.info("newly initialised (not in %s): %s", folder, ", ".join(new_heads))
+        params = traverse_util.flatten_dict(init_params(model, jax.random.key(seed)))
+        params.update({path: jnp.asarray(value) for path, value in loaded.items()})
+    else:
+        params = {path: jnp.asarray(value) for path, value in loaded.items()}
+    return traverse_util.unflatten_dict(params)
+
+
+def to_state_dict(model: nn.Module, params: Any) -> dict[str, np.ndarray]:
+    """HF weight names -> float arrays in the layout of the matching ``BertFor...`` class."""
+    prefix = "" if head_of(model) is None else "bert."
+    state = {}
+    for path, value in traverse_util.flatten_dict(params).items():
+        value = np.asarray(jax.device_get(value), dtype=np.float32)
+        if path[-1] == "kernel":
+            value = value.T
+        name = hf_name(path)
+        if name.startswith("bert."):
+            name = prefix + name[len("bert."):]
+        state[name] = np.ascontiguousarray(value)
+    return state
+
+
+def save(model: nn.Module, params: Any, out_dir: str | os.PathLike, tokenizer=None) -> Path:
+    """Write an HF folder (config.json, model.safetensors, tokenizer files when given).
+
+    ``transformers.AutoModel``/``BertForPreTraining``/``BertForSequenceClassification`` (per the
+    model's head) load it and compute the same numbers.
+    """
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    head = head_of(model)
+    hf_config = model.config.to_hf()
+    hf_config["architectures"] = [ARCHITECTURES[head]]
+    hf_config["torch_dtype"] = "float32"
+    if head == "classification" and model.config.num_labels == 1:
+        hf_config["problem_type"] = "regression"
+    tmp = out / "model.safetensors.tmp"
+    save_file(to_state_dict(model, params), str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    return out
