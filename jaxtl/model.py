@@ -218,10 +218,14 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = layer_norm(c)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
-    def __call__(self, input_ids_BxL, token_type_ids_BxL, position_ids_BxL, deterministic):
+    def __call__(self, input_ids_BxL, token_type_ids_BxL, deterministic):
+        L = input_ids_BxL.shape[1]
+        # Positions are 0..L-1 (HF's default position_ids): a slice, not a gather, which
+        # shards cleanly.
+        positions_1xLxD = self.position_embeddings.embedding[None, :L].astype(self.config.compute_dtype)
         x_BxLxD = (
             self.word_embeddings(input_ids_BxL)
-            + self.position_embeddings(position_ids_BxL)
+            + positions_1xLxD
             + self.token_type_embeddings(token_type_ids_BxL)
         )
         x_BxLxD = self.LayerNorm(x_BxLxD)
@@ -378,8 +382,7 @@ class BertTrunk(nn.Module):
                 f"sequence length {L} exceeds max_position_embeddings="
                 f"{self.config.max_position_embeddings}"
             )
-        position_ids_BxL = jnp.broadcast_to(jnp.arange(L), input_ids.shape)
-        x_BxLxD = self.embeddings(input_ids, token_type_ids, position_ids_BxL, deterministic)
+        x_BxLxD = self.embeddings(input_ids, token_type_ids, deterministic)
         mask_Bx1x1xL = attention_mask.astype(bool)[:, None, None, :]
         x_BxLxD = self.encoder(x_BxLxD, mask_Bx1x1xL, deterministic)
         pooled_BxD = self.pooler(x_BxLxD) if self.add_pooler else None

@@ -1,0 +1,184 @@
+"""Pure losses, train steps and eval steps — importable for research code.
+
+    from jaxtl.steps import classification_train_step
+    state, metrics = jax.jit(classification_train_step, donate_argnums=0)(state, batch, rng)
+
+``state`` is a :class:`flax.training.train_state.TrainState` whose ``apply_fn`` is a jaxtl model's
+``apply``; ``batch`` is a dict of arrays (see the loss docstrings for keys and shapes); ``rng`` is
+a key from which dropout is derived as ``fold_in(rng, state.step)``, so a step's randomness depends
+only on (seed, step). Metrics are **sums plus denominators** (``loss_sum`` / ``count``, ...), so they
+add up exactly across steps, devices, hosts and padded batches; :func:`summarize` turns them into
+means.
+
+The same step functions run under ``jax.jit`` with shardings (see :func:`jaxtl.sharding.compile_step`)
+and under ``jax.pmap``: build them with ``make_train_step(task, axis_name="batch")`` and gradients
+are ``pmean``-ed and metric sums ``psum``-ed over that axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training.train_state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def classification_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
+    """Cross-entropy over ``logits [B, C]``, or MSE when ``C == 1`` (regression), as HF computes.
+
+    ``batch["labels"]``: ``[B]`` int label ids (float targets for regression);
+    ``batch["example_weight"]``: ``[B]`` 1 for real rows, 0 for padding rows. Returns the mean loss
+    over real rows and the metric sums.
+    """
+    weight_B = batch["example_weight"].astype(jnp.float32)
+    count = weight_B.sum()
+    logits = logits.astype(jnp.float32)
+    if logits.shape[-1] == 1:
+        error_B = logits[:, 0] - batch["labels"].astype(jnp.float32)
+        loss_sum = (jnp.square(error_B) * weight_B).sum()
+        metrics = {"loss_sum": loss_sum, "count": count}
+    else:
+        labels_B = batch["labels"].astype(jnp.int32)
+        loss_sum = (optax.softmax_cross_entropy_with_integer_labels(logits, labels_B) * weight_B).sum()
+        correct = ((logits.argmax(-1) == labels_B) * weight_B).sum()
+        metrics = {"loss_sum": loss_sum, "count": count, "correct": correct}
+    return loss_sum / jnp.maximum(count, 1.0), metrics
+
+
+def pretraining_loss(outputs: dict, batch: Batch, *, nsp: bool = True) -> tuple[jax.Array, Metrics]:
+    """Masked-LM cross-entropy averaged over masked tokens, plus NSP cross-entropy (HF's sum).
+
+    ``outputs["mlm_logits"]``: ``[B, P, V]`` at ``batch["masked_positions"] [B, P]``;
+    ``batch["masked_labels"] [B, P]`` the original token ids, ``batch["masked_weights"] [B, P]``
+    1 for real predictions; ``outputs["nsp_logits"] [B, 2]`` against ``batch["nsp_labels"] [B]``
+    (0 = segment B follows A); ``batch["example_weight"] [B]``.
+    """
+    weight_B = batch["example_weight"].astype(jnp.float32)
+    mlm_weight_BxP = batch["masked_weights"].astype(jnp.float32) * weight_B[:, None]
+    mlm_logits = outputs["mlm_logits"].astype(jnp.float32)
+    labels_BxP = batch["masked_labels"].astype(jnp.int32)
+    mlm_ce_BxP = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, labels_BxP)
+    metrics = {
+        "mlm_loss_sum": (mlm_ce_BxP * mlm_weight_BxP).sum(),
+        "mlm_count": mlm_weight_BxP.sum(),
+        "mlm_correct": ((mlm_logits.argmax(-1) == labels_BxP) * mlm_weight_BxP).sum(),
+        "count": weight_B.sum(),
+    }
+    loss = metrics["mlm_loss_sum"] / jnp.maximum(metrics["mlm_count"], 1.0)
+    if nsp:
+        nsp_logits = outputs["nsp_logits"].astype(jnp.float32)
+        nsp_labels_B = batch["nsp_labels"].astype(jnp.int32)
+        nsp_ce_B = optax.softmax_cross_entropy_with_integer_labels(nsp_logits, nsp_labels_B)
+        metrics["nsp_loss_sum"] = (nsp_ce_B * weight_B).sum()
+        metrics["nsp_correct"] = ((nsp_logits.argmax(-1) == nsp_labels_B) * weight_B).sum()
+        loss = loss + metrics["nsp_loss_sum"] / jnp.maximum(metrics["count"], 1.0)
+    return loss, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What differs between fine-tuning and pretraining: model inputs and the loss."""
+
+    name: str
+    loss: Callable[[dict, Batch], tuple[jax.Array, Metrics]]
+    extra_inputs: tuple[str, ...] = ()  # batch keys passed to the model besides the usual three
+
+    def forward(self, apply_fn, params, batch: Batch, *, deterministic: bool, rngs=None) -> dict:
+        extra = {key: batch[key] for key in self.extra_inputs}
+        return apply_fn(
+            {"params": params},
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["token_type_ids"],
+            deterministic=deterministic,
+            rngs=rngs,
+            **extra,
+        )
+
+
+CLASSIFICATION = Task("classification", lambda outputs, batch: classification_loss(outputs["logits"], batch))
+PRETRAINING = Task("pretraining", pretraining_loss, extra_inputs=("masked_positions",))
+PRETRAINING_MLM_ONLY = Task(
+    "pretraining_mlm", functools.partial(pretraining_loss, nsp=False), extra_inputs=("masked_positions",)
+)
+
+
+def make_train_step(task: Task, *, axis_name: str | None = None):
+    """``train_step(state, batch, rng) -> (state, metrics)`` for ``task``.
+
+    With ``axis_name`` (inside ``jax.pmap(..., axis_name=axis_name)``), gradients are averaged
+    and metric sums added over the devices; each device gets its own dropout stream.
+    """
+
+    def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+        dropout_rng = jax.random.fold_in(rng, state.step)
+        if axis_name is not None:
+            dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
+
+        def loss_fn(params):
+            outputs = task.forward(
+                state.apply_fn, params, batch, deterministic=False, rngs={"dropout": dropout_rng}
+            )
+            return task.loss(outputs, batch)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+            metrics = jax.lax.psum(metrics, axis_name)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["steps"] = jnp.ones((), jnp.float32)
+        return state.apply_gradients(grads=grads), metrics
+
+    return train_step
+
+
+def make_eval_step(task: Task, *, axis_name: str | None = None):
+    """``eval_step(state, batch) -> (metrics, outputs)`` without dropout."""
+
+    def eval_step(state: TrainState, batch: Batch) -> tuple[Metrics, dict]:
+        outputs = task.forward(state.apply_fn, state.params, batch, deterministic=True)
+        _, metrics = task.loss(outputs, batch)
+        if axis_name is not None:
+            metrics = jax.lax.psum(metrics, axis_name)
+        return metrics, outputs
+
+    return eval_step
+
+
+classification_train_step = make_train_step(CLASSIFICATION)
+classification_eval_step = make_eval_step(CLASSIFICATION)
+pretraining_train_step = make_train_step(PRETRAINING)
+pretraining_eval_step = make_eval_step(PRETRAINING)
+
+
+def summarize(sums: dict[str, Any]) -> dict[str, float]:
+    """Metric sums -> means: loss, accuracy, mlm_loss, mlm_accuracy, perplexity, nsp_accuracy."""
+    import math
+
+    s = {k: float(v) for k, v in sums.items()}
+    out = {}
+    count = max(s.get("count", 0.0), 1.0)
+    if "loss_sum" in s:
+        out["loss"] = s["loss_sum"] / count
+    if "correct" in s:
+        out["accuracy"] = s["correct"] / count
+    if "mlm_loss_sum" in s:
+        mlm_count = max(s["mlm_count"], 1.0)
+        out["mlm_loss"] = s["mlm_loss_sum"] / mlm_count
+        out["mlm_accuracy"] = s["mlm_correct"] / mlm_count
+        out["perplexity"] = math.exp(min(out["mlm_loss"], 50.0))
+        out["loss"] = out["mlm_loss"]
+        if "nsp_loss_sum" in s:
+            out["nsp_loss"] = s["nsp_loss_sum"] / count
+            out["nsp_accuracy"] = s["nsp_correct"] / count
+            out["loss"] += out["nsp_loss"]
+    if "grad_norm" in s and "steps" in s:
+        out["grad_norm"] = s["grad_norm"] / max(s["steps"], 1.0)
+    return out
