@@ -124,7 +124,10 @@ class BertConfig:
         elif "num_labels" in hf:
             kwargs["labels"] = tuple(f"LABEL_{i}" for i in range(int(hf["num_labels"])))
         kwargs.update(overrides)
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ConfigError as e:  # e.g. an unsupported hidden_act: say which file holds it
+            raise ConfigError(f"{source}: {e}") from None
 
     def to_hf(self) -> dict[str, Any]:
         """The Hugging Face ``config.json`` fields for this architecture."""
