@@ -89,6 +89,24 @@ class Checkpointer:
             )
         return None
 
+    def restore_params(self, abstract_params: Any) -> tuple[Any, int] | None:
+        """Only the parameters of the newest checkpoint (no optimizer needed): for export."""
+        step = self.latest_step()
+        if step is None:
+            return None
+        item = {"params": abstract_params}
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                    partial_restore=True,
+                )
+            ),
+        )
+        return restored["state"]["params"], step
+
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()

@@ -227,7 +227,7 @@ def _build(cls, raw: Any, prefix: str):
     for key in raw:
         if key not in fields:
             raise ConfigError(
-                f"unknown config key {prefix}{key!r}; valid keys in "
+                f"unknown config key '{prefix}{key}'; valid keys in "
                 f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(fields))}"
             )
     hints = typing.get_type_hints(cls)

@@ -132,7 +132,7 @@ def make_train_step(task: Task, *, axis_name: str | None = None):
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.psum(metrics, axis_name)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["steps"] = jnp.ones((), jnp.float32)
         return state.apply_gradients(grads=grads), metrics
 

@@ -80,13 +80,25 @@ class Setup:
     meta: dict  # recorded in checkpoints (labels, ...)
 
 
-def setup_logging(workdir: Path | None = None) -> None:
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (it may be swapped, e.g. by test capture)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def setup_logging() -> None:
     """Human-readable logs on stderr from process 0 only (other processes warn and above)."""
     level = logging.INFO if jax.process_index() == 0 else logging.WARNING
     logger = logging.getLogger("jaxtl")
     logger.setLevel(level)
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s jaxtl: %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
         logger.propagate = False
@@ -343,7 +355,8 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup) -> dict:
 
         results = run_evals(total_steps) if setup.eval_sets else {}
         best = _track_best(setup, results, best, total_steps, t, state, workdir)
-        ckpt.save(total_steps, state, meta_for(total_steps))
+        if ckpt.latest_step() != total_steps:
+            ckpt.save(total_steps, state, meta_for(total_steps))
         _export(setup, state, workdir / "final")
         ckpt.close()
         writer.close()

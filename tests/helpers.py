@@ -41,3 +41,57 @@ def make_tokenizer(tmp_path: Path, *, lowercase: bool = True):
     tokenizer.model_max_length = 512
     tokenizer.save_pretrained(str(folder))
     return transformers.AutoTokenizer.from_pretrained(str(folder))
+
+
+# ----------------------------------------------------------------------------- tiny models, data
+
+POSITIVE = "good great love fun best".split()
+NEGATIVE = "bad awful boring hate worst".split()
+NEUTRAL_WORDS = "the a movie film story plot actor acting very really so one time day night".split()
+
+
+def tiny_bert_config(vocab_size: int, **overrides) -> "transformers.BertConfig":
+    """A 2-layer, 32-wide HF BertConfig (fast enough to train in tests)."""
+    kw = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.1,
+              attention_probs_dropout_prob=0.1)
+    kw.update(overrides)
+    return transformers.BertConfig(**kw)
+
+
+def make_tiny_checkpoint(tmp_path: Path, tokenizer, *, cls=None, seed: int = 0, **overrides) -> Path:
+    """A random tiny HF BERT folder (weights + config + tokenizer), as a user's checkpoint."""
+    import torch
+
+    cls = cls or transformers.BertForPreTraining
+    torch.manual_seed(seed)
+    model = cls(tiny_bert_config(len(tokenizer), **overrides))
+    folder = Path(tmp_path) / f"tiny-{cls.__name__}"
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``(sentence, label)`` rows whose label a tiny model can learn: which polarity words occur."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        words = list(rng.choice(NEUTRAL_WORDS, rng.integers(2, 10)))
+        words += list(rng.choice(POSITIVE if label == "positive" else NEGATIVE, rng.integers(1, 3)))
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, header, rows) -> str:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)

@@ -1,0 +1,303 @@
+"""The ``jaxtl`` command: a thin shell over :mod:`jaxtl.train`, :mod:`jaxtl.hf` and the data code.
+
+    jaxtl finetune --config configs/demo_finetune.yaml --workdir runs/demo
+    jaxtl pretrain --config configs/demo_pretrain.yaml --workdir runs/pretrain
+    jaxtl evaluate --model runs/demo/best --file reviews.csv --config configs/demo_finetune.yaml
+    jaxtl predict  --model runs/demo/best --file new.csv --output predictions.csv
+    jaxtl export   --workdir runs/demo --out exported/          # latest checkpoint -> HF folder
+    jaxtl convert  bert-base-uncased converted/ --head classification --num-labels 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required, help="YAML config (see configs/)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=3e-5 (repeatable)",
+    )
+
+
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-host (jax.distributed)")
+    g.add_argument(
+        "--distributed", action="store_true",
+        help="call jax.distributed.initialize(); on TPU VMs and SLURM it finds its peers itself",
+    )
+    g.add_argument("--coordinator", help="HOST:PORT of process 0 (implies --distributed)")
+    g.add_argument("--num-processes", type=int, help="total processes (with --coordinator)")
+    g.add_argument("--process-id", type=int, help="this process's index (with --coordinator)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxtl",
+        description="Transfer learning with BERT in JAX: fine-tune and pretrain from Hugging Face "
+        "checkpoints, sharded over a device mesh; results load back into transformers.",
+        epilog="Each command has its own --help. Configs live in configs/; see README.md.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("finetune", help="fine-tune for sequence classification or regression",
+                       description="Fine-tune a pretrained BERT for classification/regression. "
+                       "A workdir with a checkpoint resumes it.")
+    _add_config_args(p)
+    p.add_argument("--workdir", required=True, help="where checkpoints, metrics and exports go")
+    _add_distributed_args(p)
+
+    p = sub.add_parser("pretrain", help="pretrain with masked LM (+ next-sentence prediction)",
+                       description="Pretrain BERT from scratch or continue from a checkpoint. "
+                       "A workdir with a checkpoint resumes it.")
+    _add_config_args(p)
+    p.add_argument("--workdir", required=True, help="where checkpoints, metrics and exports go")
+    _add_distributed_args(p)
+
+    for name, text in (("evaluate", "metrics of a fine-tuned model on a labelled file"),
+                       ("predict", "predicted label and probabilities for each input")):
+        p = sub.add_parser(name, help=text, description=text.capitalize() + ". Column names come "
+                           "from the config's data section (or --set data.text_column=...).")
+        p.add_argument("--model", required=True, help="an exported HF folder, e.g. WORKDIR/best")
+        p.add_argument("--file", required=True, help="CSV/TSV/JSON/JSONL input")
+        _add_config_args(p, required=False)
+        p.add_argument("--batch-size", type=int, default=64)
+        if name == "predict":
+            p.add_argument("--output", required=True, help="CSV or JSONL file to write")
+        else:
+            p.add_argument("--output", help="also write the metrics to this JSON file")
+
+    p = sub.add_parser("export", help="write a run's latest checkpoint as a Hugging Face folder",
+                       description="Export the latest checkpoint of a workdir as an HF folder.")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("convert", help="load an HF checkpoint and write it for another head",
+                       description="Load an HF BERT checkpoint (folder or hub id) through jaxtl "
+                       "and write it as an HF folder for the chosen head: checks that it loads "
+                       "and adds newly initialised heads (e.g. BertModel -> classification).")
+    p.add_argument("source")
+    p.add_argument("out")
+    p.add_argument("--head", choices=["none", "pretraining", "classification"], default="none")
+    p.add_argument("--num-labels", type=int)
+    return parser
+
+
+def _init_distributed(args) -> None:
+    if not (getattr(args, "distributed", False) or getattr(args, "coordinator", None)):
+        return
+    import jax
+
+    kwargs = {}
+    if args.coordinator:
+        if args.num_processes is None or args.process_id is None:
+            raise SystemExit("jaxtl: error: --coordinator needs --num-processes and --process-id")
+        kwargs = dict(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                      process_id=args.process_id)
+    jax.distributed.initialize(**kwargs)
+
+
+def _run(args) -> int:
+    from jaxtl import config as config_lib, train
+
+    cfg = config_lib.load(args.config, args.overrides)
+    expected = {"finetune": "finetune", "pretrain": "pretrain"}[args.command]
+    if cfg.task != expected:
+        raise config_lib.ConfigError(
+            f"{args.config} is a task={cfg.task!r} config; use `jaxtl {cfg.task}`"
+        )
+    _init_distributed(args)
+    results = train.run(cfg, args.workdir)
+    import jax
+
+    if jax.process_index() == 0:
+        print(json.dumps({k: v for k, v in results.items()}, indent=2, sort_keys=True))
+    return 0
+
+
+def _load_for_inference(args):
+    import jax.numpy as jnp
+
+    from jaxtl import config as config_lib, hf
+
+    cfg = config_lib.load(args.config, args.overrides) if args.config else config_lib.from_dict(
+        {"task": "finetune", "model": {"pretrained": args.model},
+         "data": {"train_file": args.file}} | _overrides_only(args.overrides)
+    )
+    model, params = hf.load(args.model, head="classification", dtype=jnp.float32)
+    tokenizer = hf.tokenizer(args.model)
+    return cfg, model, params, tokenizer
+
+
+def _overrides_only(overrides):
+    import yaml
+
+    raw: dict = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def _predict_all(cfg, model, params, tokenizer, path, batch_size, require_labels):
+    import jax
+    import numpy as np
+
+    from jaxtl.data import classification as cls_data
+
+    labels = model.config.labels
+    split = cls_data.load_prediction_split(
+        path, cfg.data, tokenizer, max_positions=model.config.max_position_embeddings,
+        labels=None if model.config.num_labels == 1 else labels,
+    )
+    if require_labels and split.labels is None:
+        raise cls_data.DataError(f"{path} has no label column {cfg.data.label_column!r} to evaluate against")
+
+    @jax.jit
+    def forward(batch):
+        return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                           batch["token_type_ids"])["logits"]
+
+    logits = np.zeros((len(split), model.config.num_labels), np.float32)
+    for batch in cls_data.eval_batches(split, batch_size=batch_size, bucket_sizes=cfg.data.bucket_sizes,
+                                       max_seq_length=cfg.data.max_seq_length,
+                                       pad_id=tokenizer.pad_token_id or 0):
+        index = batch.pop("index")
+        out = np.asarray(forward({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}))
+        keep = index >= 0
+        logits[index[keep]] = out[keep]
+    return split, logits
+
+
+def _evaluate(args) -> int:
+    from jaxtl import metrics
+
+    cfg, model, params, tokenizer = _load_for_inference(args)
+    split, logits = _predict_all(cfg, model, params, tokenizer, args.file, args.batch_size, True)
+    if model.config.num_labels == 1:
+        result = metrics.regression_metrics(split.labels, logits[:, 0])
+    else:
+        result = metrics.classification_metrics(split.labels, logits.argmax(-1))
+    result["examples"] = len(split)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def _predict(args) -> int:
+    import csv
+
+    import numpy as np
+
+    cfg, model, params, tokenizer = _load_for_inference(args)
+    split, logits = _predict_all(cfg, model, params, tokenizer, args.file, args.batch_size, False)
+    labels = model.config.labels
+    rows = []
+    for i, (text, pair) in enumerate(split.texts):
+        row = {"text": text}
+        if pair is not None:
+            row["text_pair"] = pair
+        if model.config.num_labels == 1:
+            row["prediction"] = float(logits[i, 0])
+        else:
+            z = logits[i] - logits[i].max()
+            probs = np.exp(z) / np.exp(z).sum()
+            row["label"] = labels[int(probs.argmax())]
+            row.update({f"prob_{name}": float(p) for name, p in zip(labels, probs)})
+        rows.append(row)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix in (".jsonl", ".json"):
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        with out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["text", "label"])
+            writer.writeheader()
+            writer.writerows(rows)
+    print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)
+    return 0
+
+
+def _export(args) -> int:
+    from jaxtl import checkpoint, config as config_lib, hf, train
+
+    train.setup_logging()
+    ckpt_dir = Path(args.workdir) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise config_lib.ConfigError(f"{args.workdir} has no checkpoints/ folder")
+    cfg = config_lib.load(Path(args.workdir) / "config.yaml")
+    setup = train.finetune_setup(cfg) if cfg.task == "finetune" else train.pretrain_setup(cfg)
+    # Restore params only (one device is enough for export).
+    import jax
+
+    abstract = hf.abstract_params(setup.model)
+    ckpts = checkpoint.Checkpointer(ckpt_dir)
+    restored = ckpts.restore_params(abstract)
+    if restored is None:
+        raise config_lib.ConfigError(f"{ckpt_dir} holds no checkpoint")
+    params, step = restored
+    hf.save(setup.model, jax.device_get(params), args.out, tokenizer=setup.tokenizer)
+    print(f"exported step {step} of {args.workdir} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _convert(args) -> int:
+    from jaxtl import hf, train
+
+    train.setup_logging()
+    head = None if args.head == "none" else args.head
+    model, params = hf.load(args.source, head=head, num_labels=args.num_labels)
+    tokenizer = None
+    try:
+        tokenizer = hf.tokenizer(args.source)
+    except hf.CheckpointError:
+        pass
+    hf.save(model, params, args.out, tokenizer=tokenizer)
+    print(f"wrote {args.out} ({type(model).__name__})", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"finetune": _run, "pretrain": _run, "evaluate": _evaluate, "predict": _predict,
+            "export": _export, "convert": _convert}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from jaxtl.data.errors import DataError
+    from jaxtl.hf import CheckpointError
+    from jaxtl.model import ConfigError
+    from jaxtl.train import NonFiniteError, Stopped
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"jaxtl: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except NonFiniteError as e:
+        print(f"jaxtl: error: {e}", file=sys.stderr)
+        return EXIT_NON_FINITE
+    except Stopped as e:
+        print(f"jaxtl: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("jaxtl: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""End to end through the CLI on a tiny model: train, evaluate, export, predict, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+import yaml
+from helpers import make_tiny_checkpoint, make_tokenizer, sentiment_rows, write_csv
+
+from jaxtl import cli, config as config_lib, train
+
+TRAIN_KEYS_THAT_VARY = ("examples_per_s", "tokens_per_s")  # wall-clock, not results
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    tok = make_tokenizer(root)
+    ckpt = make_tiny_checkpoint(root, tok, cls=transformers.BertModel)
+    rows = sentiment_rows(240, seed=1)
+    train_csv = write_csv(root / "train.csv", ["sentence", "label"], rows[:192])
+    valid_csv = write_csv(root / "valid.csv", ["sentence", "label"], rows[192:])
+    return {"root": root, "tok": tok, "ckpt": ckpt, "train": train_csv, "valid": valid_csv}
+
+
+def write_config(path: Path, assets, **sections) -> str:
+    raw = {
+        "task": "finetune",
+        "model": {"pretrained": str(assets["ckpt"])},
+        "data": {"train_file": assets["train"], "validation_file": assets["valid"],
+                 "max_seq_length": 32, "bucket_sizes": [16, 32]},
+        "optim": {"lr": 3e-3, "warmup_ratio": 0.1},
+        "train": {"batch_size": 16, "epochs": 4, "log_every": 4, "eval_every": 12, "seed": 0,
+                  "progress": False, "tensorboard": True},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_finetune_cli_trains_exports_and_predicts(assets, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", assets)
+    workdir = tmp_path / "run"
+    assert cli.main(["finetune", "--config", config, "--workdir", str(workdir)]) == 0
+
+    records = read_metrics(workdir)
+    train_losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert train_losses[-1] < 0.5 * train_losses[0], train_losses
+    results = json.loads((workdir / "eval_results.json").read_text())
+    assert results["validation"]["accuracy"] >= 0.9, results
+    assert results["validation"]["examples"] == 48  # every example once, padding excluded
+    assert list((workdir / "tb").glob("events.out.tfevents.*"))
+
+    # The best export loads in transformers with the label names, and predicts what jaxtl does.
+    best = workdir / "best"
+    hf_model = transformers.BertForSequenceClassification.from_pretrained(best).eval()
+    assert hf_model.config.id2label == {0: "negative", 1: "positive"}
+    out_csv = tmp_path / "pred.csv"
+    assert cli.main(["predict", "--model", str(best), "--file", assets["valid"], "--config", config,
+                     "--output", str(out_csv)]) == 0
+    import csv
+
+    predicted = [row["label"] for row in csv.DictReader(out_csv.open())]
+    tok = transformers.AutoTokenizer.from_pretrained(best)
+    texts = [text for text, _ in sentiment_rows(240, seed=1)[192:]]
+    with torch.no_grad():
+        enc = tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        hf_ids = hf_model(**enc).logits.argmax(-1).tolist()
+    assert predicted == [hf_model.config.id2label[i] for i in hf_ids]
+
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", str(best), "--file", assets["valid"], "--config", config]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    # The exported best model, evaluated on the validation file, scores what training recorded.
+    assert evaluated["accuracy"] == pytest.approx(results["best"]["value"])
+    assert evaluated["examples"] == 48
+
+
+def _run_with_signal(cfg, workdir: Path, at_step: int | None):
+    """Run the loop in-process, sending ourselves SIGTERM when step ``at_step`` is fetched."""
+    setup = train.finetune_setup(cfg)
+    fetch = setup.train_batch
+
+    def train_batch(step):
+        if step == at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return fetch(step)
+
+    setup.train_batch = train_batch
+    return train.train_loop(cfg, workdir, setup)
+
+
+def test_sigterm_then_resume_is_bitwise_identical(assets, tmp_path):
+    config = write_config(tmp_path / "c.yaml", assets, train={"save_every": 5, "eval_every": 10,
+                                                               "epochs": 2, "tensorboard": False})
+    cfg = config_lib.load(config)
+    straight = tmp_path / "straight"
+    _run_with_signal(cfg, straight, at_step=None)
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(train.Stopped) as stopped:
+        _run_with_signal(cfg, resumed, at_step=7)
+    # The signal arrives while step 7 is fetched: step 8 finishes, is checkpointed, and we stop.
+    assert stopped.value.step == 8
+    _run_with_signal(cfg, resumed, at_step=None)
+
+    from safetensors.numpy import load_file
+
+    a = load_file(straight / "final" / "model.safetensors")
+    b = load_file(resumed / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+    def comparable(records):
+        return [{k: v for k, v in r.items() if k not in TRAIN_KEYS_THAT_VARY} for r in records]
+
+    assert comparable(read_metrics(straight)) == comparable(read_metrics(resumed))
+
+
+def test_corrupt_latest_checkpoint_falls_back(assets, tmp_path, caplog):
+    config = write_config(tmp_path / "c.yaml", assets, train={"save_every": 4, "max_steps": 8,
+                                                               "eval_every": 100, "tensorboard": False})
+    cfg = config_lib.load(config)
+    workdir = tmp_path / "run"
+    with pytest.raises(train.Stopped):
+        _run_with_signal(cfg, workdir, at_step=6)  # checkpoints at 4 and 7 (the stop)
+    ckpts = workdir / "checkpoints"
+    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [4, 7]
+    for f in (ckpts / "7" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\0" * 7)  # truncate every data file of the newest checkpoint
+    caplog.set_level("WARNING", logger="jaxtl")
+    _run_with_signal(cfg, workdir, at_step=None)
+    assert "could not be restored" in caplog.text and "step 4" in caplog.text or "/7" in caplog.text
+    assert json.loads((workdir / "eval_results.json").read_text())["step"] == 8
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1e-3", "optim.lrr"),
+        ("data.label_column=polarity", "polarity"),
+        ("data.max_seq_length=100", "max_position_embeddings"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("optim.freeze=[layers:9]", "layers:9"),
+        ("mesh.tensor=3", "mesh"),
+    ],
+)
+def test_bad_input_is_one_clear_error(assets, tmp_path, capsys, override, message):
+    config = write_config(tmp_path / "c.yaml", assets)
+    code = cli.main(["finetune", "--config", config, "--workdir", str(tmp_path / "w"), "--set", override])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "jaxtl: error:" in err and message in err
+    assert "Traceback" not in err
+
+
+def test_nan_stops_the_run_without_checkpointing_it(assets, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", assets, optim={"lr": 1e30, "max_grad_norm": None},
+                          train={"save_every": 4, "log_every": 4, "max_steps": 40})
+    code = cli.main(["finetune", "--config", config, "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "non-finite" in err
+    ckpts = [int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit()]
+    failing_step = int(err.split(" at step ")[1].split(";")[0])
+    assert all(step < failing_step for step in ckpts)
