@@ -178,3 +178,47 @@ def test_nan_stops_the_run_without_checkpointing_it(assets, tmp_path, capsys):
     ckpts = [int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit()]
     failing_step = int(err.split(" at step ")[1].split(";")[0])
     assert all(step < failing_step for step in ckpts)
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(assets, tmp_path):
+    """A real kill -9 of the CLI process mid-run; the rerun resumes from the last checkpoint and
+    ends with exactly the parameters of a run that was never interrupted."""
+    import subprocess
+    import sys
+    import time
+
+    config = write_config(tmp_path / "c.yaml", assets, train={
+        "save_every": 3, "eval_every": 100, "max_steps": 12, "log_every": 3, "tensorboard": False})
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    command = [sys.executable, "-m", "jaxtl.cli", "finetune", "--config", config]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command + ["--workdir", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    ckpts = killed / "checkpoints"
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.is_dir() and any(p.name == "6" for p in ckpts.iterdir()):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.kill()  # SIGKILL: no handler runs
+    proc.wait(timeout=30)
+    steps_left = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    assert steps_left and max(steps_left) < 12
+
+    for workdir in (killed, tmp_path / "straight"):
+        done = subprocess.run(command + ["--workdir", str(workdir)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        if workdir == killed:
+            assert f"at step {max(steps_left)}" in done.stderr  # "resumed from ... at step N"
+
+    from safetensors.numpy import load_file
+
+    a = load_file(killed / "final" / "model.safetensors")
+    b = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    losses = lambda w: [r["loss"] for r in read_metrics(w) if r["split"] == "train"]  # noqa: E731
+    assert losses(killed) == losses(tmp_path / "straight")
