@@ -54,6 +54,11 @@ class BertLMPredictionHead(nn.Module):
     def __call__(self, hidden_BxPxD, word_embeddings_VxD):
         c = self.config
         h_BxPxD = BertPredictionHeadTransform(c, name="transform")(hidden_BxPxD)
+        # Pin the decoder input to batch-sharded, embed-replicated. Left to propagation, the
+        # backward of this einsum on a data x fsdp x tensor mesh with all three axes > 1 and few
+        # masked positions (P <= 4) is partitioned wrongly by XLA (silently wrong gradients for
+        # the whole trunk; tests/test_sharding.py checks the 2x2x2 mesh against one device).
+        h_BxPxD = constrain(h_BxPxD, ("batch", "length", "embed"))
         bias_V = self.param(
             "bias", partitioned(nn.initializers.zeros, ("vocab",)), (c.vocab_size,), c.storage_dtype
         )

@@ -114,7 +114,11 @@ def make_train_step(task: Task, *, axis_name: str | None = None):
     """``train_step(state, batch, rng) -> (state, metrics)`` for ``task``.
 
     With ``axis_name`` (inside ``jax.pmap(..., axis_name=axis_name)``), gradients are averaged
-    and metric sums added over the devices; each device gets its own dropout stream.
+    and metric sums added over the devices; each device gets its own dropout stream. The average
+    of per-device mean gradients is the global mean only when every device holds as many
+    examples (and masked tokens). Under ``jax.shard_map`` pass ``check_vma=False``: with it on,
+    JAX already sums the gradient of replicated parameters over the axis, and the ``pmean`` here
+    would leave it ``n`` times the mean.
     """
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:

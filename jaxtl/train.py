@@ -179,7 +179,8 @@ def evaluate(eval_set: EvalSet, state, eval_step, mesh) -> dict[str, float]:
     result["examples"] = float(jax.device_get(sums["count"]))
     if eval_set.finish is not None:
         outputs = {k: np.concatenate(v) for k, v in collected.items()}
-        result.update(eval_set.finish(outputs, np.concatenate(indices)))
+        index = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+        result.update(eval_set.finish(outputs, index))
     return result
 
 
@@ -505,10 +506,18 @@ def pretrain_setup(cfg: Config) -> Setup:
     procs = dict(process_index=jax.process_index(), process_count=jax.process_count())
     eval_sets = []
     if validation is not None:
+        # Floors to read the scores against, recorded with every validation result: always the
+        # most frequent training token at exactly the masked positions, and the NSP majority label.
+        baselines = {"unigram_baseline": pt_data.unigram_baseline_accuracy(
+            train, validation, batch_size=eval_batch, seed=t.seed)}
+        if d.nsp:
+            baselines["nsp_baseline"] = pt_data.nsp_baseline_accuracy(validation)
+        log.info("validation baselines: %s", ", ".join(f"{k}={v:.4f}" for k, v in baselines.items()))
         eval_sets.append(EvalSet(
             name="validation",
             batches=lambda: validation.eval_batches(batch_size=eval_batch, seed=t.seed, **procs),
             num_batches=validation.num_eval_batches(eval_batch),
+            finish=lambda outputs, index: dict(baselines),
         ))
     return Setup(
         model=model, tokenizer=tokenizer,

@@ -816,3 +816,10 @@ def unigram_baseline_accuracy(
         hits += float((weights * (batch["masked_labels"] == most_frequent)).sum())
         total += float(weights.sum())
     return hits / total if total else 0.0
+
+
+def nsp_baseline_accuracy(eval: PretrainingData) -> float:
+    """Next-sentence accuracy of always predicting the more frequent label of ``eval``'s pairs."""
+    is_random_next = eval._eval_instances().is_random_next
+    share = float(is_random_next.mean()) if len(is_random_next) else 0.0
+    return max(share, 1.0 - share)
