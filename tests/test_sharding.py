@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
-from pathlib import Path
 
 import flax.jax_utils
 import flax.linen as nn
@@ -48,7 +46,8 @@ MESHES = {  # name -> (data, fsdp, tensor)
 }
 NUM_STEPS = 3
 GLOBAL_BATCH, SEQ_LEN, NUM_MASKED = 16, 16, 4  # NUM_MASKED <= 4 is what once broke 2x2x2 (heads.py)
-RTOL = 1e-5
+RTOL = 1e-5  # losses and the parameters as a whole
+LEAF_RTOL = 1e-4  # any one parameter (see assert_same_run)
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 RNG = jax.random.key(1)  # dropout is off: the step must not depend on it anyway
 
@@ -190,14 +189,22 @@ def train_on_mesh(case_name: str, mesh_name: str, **config_changes) -> Run:
 ZERO_GRADIENT = ("key", "bias")
 
 
-def relative_diffs(a: dict, b: dict) -> dict[str, float]:
-    """``||a - b|| / ||a||`` (L2) per parameter, key biases left out."""
+def _flat(a: dict, b: dict):
     fa, fb = traverse_util.flatten_dict(a), traverse_util.flatten_dict(b)
     assert fa.keys() == fb.keys()
-    return {
-        "/".join(k): float(np.linalg.norm(np.asarray(fa[k], np.float64) - fb[k]) / np.linalg.norm(fa[k]))
-        for k in fa if k[-2:] != ZERO_GRADIENT
-    }
+    keys = [k for k in fa if k[-2:] != ZERO_GRADIENT]
+    return [("/".join(k), np.asarray(fa[k], np.float64), np.asarray(fb[k], np.float64)) for k in keys]
+
+
+def relative_diff(a: dict, b: dict) -> float:
+    """``||a - b|| / ||a||`` over all parameters together (L2), key biases left out."""
+    pairs = _flat(a, b)
+    return float(np.sqrt(sum(np.sum((x - y) ** 2) for _, x, y in pairs) / sum(np.sum(x**2) for _, x, _ in pairs)))
+
+
+def relative_diffs(a: dict, b: dict) -> dict[str, float]:
+    """``||a - b|| / ||a||`` per parameter (L2), key biases left out."""
+    return {name: float(np.linalg.norm(x - y) / np.linalg.norm(x)) for name, x, y in _flat(a, b)}
 
 
 def max_relative_diff(a: dict, b: dict) -> tuple[float, str]:
@@ -206,9 +213,17 @@ def max_relative_diff(a: dict, b: dict) -> tuple[float, str]:
 
 
 def assert_same_run(losses, params, ref_losses, ref_params, what: str):
+    """Losses and all parameters within RTOL, and no single parameter beyond LEAF_RTOL.
+
+    Per parameter the bar is looser: biases start at zero, so after a few steps they are a few
+    learning rates large, and an element whose gradient is ~0 can get an Adam step of either sign
+    from rounding; that is a few 1e-6 of such a small vector. A wrong gradient is ~1e-1 there.
+    """
     np.testing.assert_allclose(losses, ref_losses, rtol=RTOL, err_msg=f"{what}: losses")
+    overall = relative_diff(ref_params, params)
+    assert overall <= RTOL, f"{what}: parameters differ by {overall:.2e} (relative L2)"
     worst, where = max_relative_diff(ref_params, params)
-    assert worst <= RTOL, f"{what}: parameter {where} differs by {worst:.2e} (relative)"
+    assert worst <= LEAF_RTOL, f"{what}: parameter {where} differs by {worst:.2e} (relative L2)"
 
 
 # -------------------------------------------------------------------------------------------
@@ -227,14 +242,16 @@ def test_every_mesh_trains_identically(case_name):
             continue
         run = train_on_mesh(case_name, mesh_name)
         assert_same_run(run.losses, run.params, ref.losses, ref.params, f"{case_name} on {mesh_name}")
-        report[mesh_name] = max_relative_diff(ref.params, run.params)[0]
+        loss_diff = max(abs(a - b) / abs(b) for a, b in zip(run.losses, ref.losses))
+        report[mesh_name] = (loss_diff, relative_diff(ref.params, run.params),
+                             max_relative_diff(ref.params, run.params)[0])
         # The state stays where the shardings say (out_shardings), step after step.
         flat = traverse_util.flatten_dict(run.state.params)
         flat_sh = traverse_util.flatten_dict(run.shardings.params)
         for path, array in flat.items():
             assert array.sharding.is_equivalent_to(flat_sh[path], array.ndim), path
-    print(f"\n{case_name}: max relative parameter difference vs one device: "
-          + ", ".join(f"{k} {v:.1e}" for k, v in report.items()))
+    print(f"\n{case_name} vs one device (loss, all parameters, worst parameter): "
+          + "; ".join(f"{k} {a:.1e} {b:.1e} {c:.1e}" for k, (a, b, c) in report.items()))
 
 
 def test_vocab_not_divisible_by_tensor_falls_back_to_replicated():
@@ -357,15 +374,6 @@ def test_shard_map_without_vma_checks_matches_jit():
         losses.append(steps.summarize(jax.device_get(metrics))["loss"])
     ref = train_on_mesh("classification", "8x1x1")
     assert_same_run(losses, jax.device_get(state.params), ref.losses, ref.params, "shard_map vs jit")
-
-
-def test_docs_pmap_snippet_runs(capsys):
-    """The pmap example in docs/launch.md runs as written (here over 8 devices)."""
-    text = (Path(__file__).parents[1] / "docs" / "launch.md").read_text()
-    [snippet] = re.findall(r"```python\n(.*?)```", text, re.S)
-    exec(compile(snippet, "docs/launch.md", "exec"), {"__name__": "docs_launch"})
-    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert len(printed) == 3 and all("'loss'" in line for line in printed), printed
 
 
 # -------------------------------------------------------------------------------------------
