@@ -10,14 +10,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 import torch
 import transformers
 import yaml
-from flax import traverse_util
 from helpers import make_tiny_checkpoint, make_tokenizer, sentiment_rows, write_csv
 
-from jaxtl import checkpoint, cli, config as config_lib, hf, optim, sharding, steps, train
+from jaxtl import checkpoint, cli, config as config_lib, hf, optim, steps, train
 
 TRAIN_KEYS_THAT_VARY = ("examples_per_s", "tokens_per_s")  # wall-clock, not results
 
@@ -76,6 +76,26 @@ I wandered lonely as a cloud that floats on high over vales and hills.
 When all at once I saw a crowd, a host, of golden daffodils.
 Beside the lake, beneath the trees, fluttering and dancing in the breeze.
 """
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache for this module only: its runs compile the same programs
+    again (a stopped run and its resumption, one model's initialisation in every run), and on
+    8 faked CPU devices compiling costs far more than the few training steps."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {name: getattr(jax.config, name) for name in names}
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    cc.set_cache_dir(str(tmp_path_factory.mktemp("jax-cache")))
+    cc.reset_cache()
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    cc.reset_cache()
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +180,12 @@ def test_export_matches_transformers_on_the_same_batch(scratch_run):
     assert step == 40
     batch = setup.train_batch(123)
 
-    outputs = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                          batch["token_type_ids"], masked_positions=batch["masked_positions"])
-    full = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                       batch["token_type_ids"])
+    forward = jax.jit(lambda params, batch, positions: model.apply(
+        {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+        masked_positions=positions))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    outputs = forward(params, inputs, batch["masked_positions"])  # the vocab projection at P slots
+    full = forward(params, inputs, None)  # ... and at every position, as HF computes it
     _, sums = steps.pretraining_loss(outputs, batch)
 
     hf_model = transformers.BertForPreTraining.from_pretrained(workdir / "final").eval()
@@ -194,11 +216,10 @@ def test_finetune_starts_from_the_pretrained_export(scratch_run, assets, tmp_pat
     raw = {
         "task": "finetune",
         "model": {"pretrained": str(scratch_run["workdir"] / "final")},
-        "data": {"train_file": csv, "validation_fraction": 0.25, "max_seq_length": 32,
-                 "bucket_sizes": [32]},
+        "data": {"train_file": csv, "max_seq_length": 32, "bucket_sizes": [32]},
         "optim": {"lr": 3e-3},
-        "train": {"batch_size": 16, "max_steps": 8, "eval_every": 8, "log_every": 4,
-                  "progress": False, "tensorboard": False},
+        "train": {"batch_size": 16, "max_steps": 8, "log_every": 4, "progress": False,
+                  "tensorboard": False},
     }
     config = tmp_path / "ft.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -206,20 +227,22 @@ def test_finetune_starts_from_the_pretrained_export(scratch_run, assets, tmp_pat
     log = capsys.readouterr().err
     new_line = next(line for line in log.splitlines() if "newly initialised" in line)
     assert "classifier.weight" in new_line and "bert." not in new_line, new_line
-    results = json.loads((tmp_path / "ft" / "eval_results.json").read_text())
-    assert results["validation"]["examples"] == 24
+    losses = [r["loss"] for r in read_metrics(tmp_path / "ft")]
+    assert len(losses) == 2 and all(np.isfinite(losses)), losses
     hf_model = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "ft" / "final")
     assert hf_model.config.id2label == {0: "negative", 1: "positive"}
 
 
-def test_continue_pretraining_from_an_hf_bert_model(assets, tmp_path, capsys):
-    """A BertModel folder (no heads): the trunk loads, both heads are new and named in the log."""
+def test_continue_pretraining_from_an_hf_bert_model_mlm_only(assets, tmp_path, capsys):
+    """A BertModel folder (no heads) continued with masked LM only (data.nsp: false): the trunk
+    loads, both heads are newly initialised and named in the log, no NSP metrics are recorded."""
     ckpt = make_tiny_checkpoint(tmp_path, assets["tok"], cls=transformers.BertModel)
     # A tiny lr: after two steps the trunk is still (almost exactly) the checkpoint's.
     config = write_config(tmp_path / "c.yaml", assets,
                           model={"pretrained": str(ckpt), "size": None, "tokenizer": None,
                                  "overrides": {}},
-                          data={"validation_fraction": 0.0}, optim={"lr": 1e-9, "warmup_ratio": 0.0},
+                          data={"nsp": False, "validation_fraction": 0.0},
+                          optim={"lr": 1e-9, "warmup_ratio": 0.0},
                           train={"max_steps": 2, "log_every": 1})
     workdir = tmp_path / "run"
     assert cli.main(["pretrain", "--config", config, "--workdir", str(workdir)]) == 0
@@ -235,52 +258,31 @@ def test_continue_pretraining_from_an_hf_bert_model(assets, tmp_path, capsys):
     end = load_file(workdir / "final" / "model.safetensors")
     for name, value in start.items():
         np.testing.assert_allclose(end["bert." + name], value, atol=1e-6, err_msg=name)
-    assert "cls.seq_relationship.weight" in end
+    assert "cls.seq_relationship.weight" in end  # an HF BertForPreTraining folder either way
 
-
-def test_mlm_only_runs_without_nsp(assets, tmp_path):
-    config = write_config(tmp_path / "c.yaml", assets, data={"nsp": False, "validation_fraction": 0.0},
-                          train={"max_steps": 12, "log_every": 4})
-    workdir = tmp_path / "run"
-    assert cli.main(["pretrain", "--config", config, "--workdir", str(workdir)]) == 0
     records = read_metrics(workdir)
+    assert [r["step"] for r in records] == [1, 2]
     assert all("mlm_accuracy" in r and "nsp_accuracy" not in r for r in records), records
-    train_losses = [r["mlm_loss"] for r in records if r["split"] == "train"]
-    assert train_losses[-1] < train_losses[0], train_losses
 
 
-def _state_and_step(cfg):
-    setup = train.pretrain_setup(cfg)
-    mesh = sharding.make_mesh(cfg.mesh)
-    rules = sharding.rules_from_config(cfg.mesh)
-    tx, _ = optim.make_optimizer(cfg.optim, hf.abstract_params(setup.model), total_steps=100,
-                                 num_layers=setup.model.config.num_hidden_layers)
-    state, shardings = sharding.create_train_state(setup.model, tx, mesh, rules, rng=jax.random.key(0))
-    step = sharding.compile_step(steps.make_train_step(setup.task), mesh, rules, shardings)
-    return setup, mesh, state, step
-
-
-def test_a_few_lamb_steps_lower_the_loss(assets, tmp_path):
-    config = write_config(tmp_path / "c.yaml", assets,
-                          optim={"name": "lamb", "lr": 2e-2, "warmup_steps": 0, "schedule": "constant"},
-                          model={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
-    cfg = config_lib.load(config)
-    setup, mesh, state, step = _state_and_step(cfg)
-    batch = sharding.global_batch(setup.train_batch(0), mesh)
-    losses = []
-    for i in range(8):
-        before = traverse_util.flatten_dict(jax.device_get(state.params))
-        state, metrics = step(state, batch, jax.random.key(0))
-        losses.append(steps.summarize(jax.device_get(metrics))["loss"])
-        if i == 0:
-            # LAMB's trust ratio: each weight matrix moves by exactly lr x its own norm.
-            after = traverse_util.flatten_dict(jax.device_get(state.params))
-            for path, w in before.items():
-                if path[-1] in ("kernel", "embedding"):
-                    moved = np.linalg.norm(after[path] - w) / np.linalg.norm(w)
-                    assert moved == pytest.approx(2e-2, rel=1e-3), path
-    assert all(b < a for a, b in zip(losses, losses[1:])), losses
-    assert losses[-1] < losses[0] - 0.2, losses
+def test_lamb_moves_each_weight_matrix_by_lr_times_its_norm():
+    """optim.name=lamb is LAMB: Adam's step rescaled per parameter by the trust ratio
+    ||w|| / ||step||, so every (nonzero) weight moves by exactly lr x its norm on any step."""
+    rng = np.random.default_rng(0)
+    params = {"bert": {"encoder": {"layer": {"0": {"attention": {"self": {"query": {
+        "kernel": rng.normal(0, 0.02, (16, 16)), "bias": np.zeros(16)}}}}}}},
+        "cls": {"predictions": {"bias": np.zeros(40)}}}
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    cfg = config_lib.OptimConfig(name="lamb", lr=1e-2, warmup_steps=0, schedule="constant")
+    tx, _ = optim.make_optimizer(cfg, params, total_steps=10, num_layers=1)
+    opt_state = tx.init(params)
+    for _ in range(3):
+        grads = jax.tree.map(lambda x: np.asarray(rng.normal(size=x.shape), np.float32), params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        kernel = params["bert"]["encoder"]["layer"]["0"]["attention"]["self"]["query"]["kernel"]
+        step = updates["bert"]["encoder"]["layer"]["0"]["attention"]["self"]["query"]["kernel"]
+        assert np.linalg.norm(step) == pytest.approx(1e-2 * np.linalg.norm(kernel), rel=1e-4)
+        params = optax.apply_updates(params, updates)
 
 
 def _run_with_signal(cfg, workdir: Path, at_step: int | None):
@@ -297,8 +299,10 @@ def _run_with_signal(cfg, workdir: Path, at_step: int | None):
     return train.train_loop(cfg, workdir, setup)
 
 
-def test_sigterm_then_resume_is_bitwise_identical(assets, tmp_path):
+def test_lamb_run_stopped_by_sigterm_resumes_bitwise_identical(assets, tmp_path):
+    # With LAMB, whose state (Adam moments) must survive the round trip too.
     config = write_config(tmp_path / "c.yaml", assets, data={"validation_fraction": 0.0},
+                          optim={"name": "lamb", "lr": 2e-2, "warmup_steps": 2},
                           train={"max_steps": 12, "save_every": 4, "log_every": 3})
     cfg = config_lib.load(config)
     straight = tmp_path / "straight"
@@ -322,6 +326,10 @@ def test_sigterm_then_resume_is_bitwise_identical(assets, tmp_path):
         return [{k: v for k, v in r.items() if k not in TRAIN_KEYS_THAT_VARY} for r in records]
 
     assert comparable(read_metrics(straight)) == comparable(read_metrics(resumed))
+    # A few LAMB steps lower the loss (the mean over each 3-step window, fresh batches each step).
+    losses = [r["loss"] for r in read_metrics(straight) if r["split"] == "train"]
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < losses[0] - 0.1, losses
 
 
 @pytest.mark.parametrize(
