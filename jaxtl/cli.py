@@ -129,27 +129,14 @@ def _load_for_inference(args):
 
     from jaxtl import config as config_lib, hf
 
-    cfg = config_lib.load(args.config, args.overrides) if args.config else config_lib.from_dict(
-        {"task": "finetune", "model": {"pretrained": args.model},
-         "data": {"train_file": args.file}} | _overrides_only(args.overrides)
-    )
+    if args.config:
+        cfg = config_lib.load(args.config, args.overrides)
+    else:  # column names from --set alone, on top of the defaults
+        raw = {"task": "finetune", "model": {"pretrained": args.model}, "data": {"train_file": args.file}}
+        cfg = config_lib.from_dict(config_lib.apply_overrides(raw, args.overrides))
     model, params = hf.load(args.model, head="classification", dtype=jnp.float32)
     tokenizer = hf.tokenizer(args.model)
     return cfg, model, params, tokenizer
-
-
-def _overrides_only(overrides):
-    import yaml
-
-    raw: dict = {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return raw
 
 
 def _predict_all(cfg, model, params, tokenizer, path, batch_size, require_labels):

@@ -277,6 +277,13 @@ def _set_dotted(raw: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
+def apply_overrides(raw: dict, overrides: list[str] = ()) -> dict:
+    """``raw`` with each ``key.sub=value`` assignment applied in place (values parsed as YAML)."""
+    for assignment in overrides:
+        _set_dotted(raw, assignment)
+    return raw
+
+
 def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
     raw: dict = {}
@@ -290,10 +297,8 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
-    for assignment in overrides:
-        _set_dotted(raw, assignment)
     try:
-        return from_dict(raw)
+        return from_dict(apply_overrides(raw, overrides))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 

@@ -95,3 +95,22 @@ def write_csv(path: Path, header, rows) -> str:
         writer.writerow(header)
         writer.writerows(rows)
     return str(path)
+
+
+def run_with_signal(cfg, workdir: Path, at_step: int | None):
+    """Run the train loop in-process, sending ourselves SIGTERM when step ``at_step`` is fetched."""
+    import os
+    import signal
+
+    from jaxtl import train
+
+    setup = train.finetune_setup(cfg) if cfg.task == "finetune" else train.pretrain_setup(cfg)
+    fetch = setup.train_batch
+
+    def train_batch(step):
+        if step == at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return fetch(step)
+
+    setup.train_batch = train_batch
+    return train.train_loop(cfg, workdir, setup)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import torch
 import transformers
 import yaml
-from helpers import make_tiny_checkpoint, make_tokenizer, sentiment_rows, write_csv
+from helpers import make_tiny_checkpoint, make_tokenizer, run_with_signal, sentiment_rows, write_csv
 
 from jaxtl import cli, config as config_lib, train
 
@@ -88,33 +87,19 @@ def test_finetune_cli_trains_exports_and_predicts(assets, tmp_path, capsys):
     assert evaluated["examples"] == 48
 
 
-def _run_with_signal(cfg, workdir: Path, at_step: int | None):
-    """Run the loop in-process, sending ourselves SIGTERM when step ``at_step`` is fetched."""
-    setup = train.finetune_setup(cfg)
-    fetch = setup.train_batch
-
-    def train_batch(step):
-        if step == at_step:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return fetch(step)
-
-    setup.train_batch = train_batch
-    return train.train_loop(cfg, workdir, setup)
-
-
 def test_sigterm_then_resume_is_bitwise_identical(assets, tmp_path):
     config = write_config(tmp_path / "c.yaml", assets, train={"save_every": 5, "eval_every": 10,
                                                                "epochs": 2, "tensorboard": False})
     cfg = config_lib.load(config)
     straight = tmp_path / "straight"
-    _run_with_signal(cfg, straight, at_step=None)
+    run_with_signal(cfg, straight, at_step=None)
 
     resumed = tmp_path / "resumed"
     with pytest.raises(train.Stopped) as stopped:
-        _run_with_signal(cfg, resumed, at_step=7)
+        run_with_signal(cfg, resumed, at_step=7)
     # The signal arrives while step 7 is fetched: step 8 finishes, is checkpointed, and we stop.
     assert stopped.value.step == 8
-    _run_with_signal(cfg, resumed, at_step=None)
+    run_with_signal(cfg, resumed, at_step=None)
 
     from safetensors.numpy import load_file
 
@@ -136,14 +121,14 @@ def test_corrupt_latest_checkpoint_falls_back(assets, tmp_path, caplog):
     cfg = config_lib.load(config)
     workdir = tmp_path / "run"
     with pytest.raises(train.Stopped):
-        _run_with_signal(cfg, workdir, at_step=6)  # checkpoints at 4 and 7 (the stop)
+        run_with_signal(cfg, workdir, at_step=6)  # checkpoints at 4 and 7 (the stop)
     ckpts = workdir / "checkpoints"
     assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [4, 7]
     for f in (ckpts / "7" / "state").rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(b"\0" * 7)  # truncate every data file of the newest checkpoint
     caplog.set_level("WARNING", logger="jaxtl")
-    _run_with_signal(cfg, workdir, at_step=None)
+    run_with_signal(cfg, workdir, at_step=None)
     assert "could not be restored" in caplog.text and "step 4" in caplog.text or "/7" in caplog.text
     assert json.loads((workdir / "eval_results.json").read_text())["step"] == 8
 

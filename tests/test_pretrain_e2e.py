@@ -4,8 +4,6 @@ transformers, fine-tune the result, continue from an HF checkpoint, resume, LAMB
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import jax
@@ -15,7 +13,7 @@ import pytest
 import torch
 import transformers
 import yaml
-from helpers import make_tiny_checkpoint, make_tokenizer, sentiment_rows, write_csv
+from helpers import make_tiny_checkpoint, make_tokenizer, run_with_signal, sentiment_rows, write_csv
 
 from jaxtl import checkpoint, cli, config as config_lib, hf, optim, steps, train
 
@@ -285,20 +283,6 @@ def test_lamb_moves_each_weight_matrix_by_lr_times_its_norm():
         params = optax.apply_updates(params, updates)
 
 
-def _run_with_signal(cfg, workdir: Path, at_step: int | None):
-    """Run the loop in-process, sending ourselves SIGTERM when step ``at_step`` is fetched."""
-    setup = train.pretrain_setup(cfg)
-    fetch = setup.train_batch
-
-    def train_batch(step):
-        if step == at_step:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return fetch(step)
-
-    setup.train_batch = train_batch
-    return train.train_loop(cfg, workdir, setup)
-
-
 def test_lamb_run_stopped_by_sigterm_resumes_bitwise_identical(assets, tmp_path):
     # With LAMB, whose state (Adam moments) must survive the round trip too.
     config = write_config(tmp_path / "c.yaml", assets, data={"validation_fraction": 0.0},
@@ -306,13 +290,13 @@ def test_lamb_run_stopped_by_sigterm_resumes_bitwise_identical(assets, tmp_path)
                           train={"max_steps": 12, "save_every": 4, "log_every": 3})
     cfg = config_lib.load(config)
     straight = tmp_path / "straight"
-    _run_with_signal(cfg, straight, at_step=None)
+    run_with_signal(cfg, straight, at_step=None)
 
     resumed = tmp_path / "resumed"
     with pytest.raises(train.Stopped) as stopped:
-        _run_with_signal(cfg, resumed, at_step=5)
+        run_with_signal(cfg, resumed, at_step=5)
     assert stopped.value.step == 6  # step 6 finishes, is checkpointed, and the run stops
-    _run_with_signal(cfg, resumed, at_step=None)
+    run_with_signal(cfg, resumed, at_step=None)
 
     from safetensors.numpy import load_file
 
