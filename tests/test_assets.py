@@ -92,3 +92,63 @@ def test_offline_fetch_names_the_package_and_leaves_no_partial_asset(tmp_path, m
     with pytest.raises(DataError, match=r"PyPI package 'vaderSentiment==3.3.2'.*Pass a local path"):
         assets.resolve("asset:movie-reviews")
     assert os.listdir(tmp_path / "assets") == []  # the temporary build folder was removed
+
+
+def test_python_docs_documents(asset_cache):
+    path = Path(assets.resolve("asset:python-docs"))
+    text = path.read_text(encoding="utf-8")
+    documents = [d.splitlines() for d in text.strip().split("\n\n")]
+    paragraphs = [p for d in documents for p in d]
+    assert len(documents) > 350 and len(text.split()) > 900_000
+    assert all(d and all(len(p.split()) >= 6 for p in d) for d in documents)
+    assert any(p.startswith("This module provides access to the BSD socket interface") for p in paragraphs)
+    assert not any(p.startswith((">>>", "$ ")) for p in paragraphs)  # code blocks are dropped
+    assert "\u00b6" not in text  # nor the pilcrows of header links
+    assert "Debian package python3.11-doc" in (path.parent / "SOURCE.txt").read_text()
+
+
+def test_sphinx_paragraphs_skip_code_and_admonition_titles():
+    parser = assets._Paragraphs()
+    parser.feed(
+        '<div class="sphinxsidebar"><p>Navigation links are not the body of the page.</p></div>'
+        '<div class="body" role="main"><h1>socket<a class="headerlink">\u00b6</a></h1>'
+        "<p>This module provides access to the <code>BSD</code> socket interface.</p>"
+        '<div class="admonition note"><p class="admonition-title">Note and more words here</p>'
+        "<p>Some behavior may be platform dependent, since calls are made.</p></div>"
+        "<pre>&gt;&gt;&gt; import socket; a long code line with many words</pre>"
+        "<p>New in version 3.2.</p></div>"
+    )
+    assert parser.paragraphs == [
+        "This module provides access to the BSD socket interface.",
+        "Some behavior may be platform dependent, since calls are made.",
+    ]
+
+
+def test_debian_asset_without_apt_names_the_package_and_the_way_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXTL_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no apt-get on this "machine"
+    with pytest.raises(DataError, match=r"Debian package 'python3.11-doc'.*data.train_files"):
+        assets.resolve("asset:python-docs")
+    assert os.listdir(tmp_path / "assets") == []
+
+
+def test_deb_archive_is_unpacked_without_dpkg(tmp_path):
+    import io
+    import tarfile
+
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w:xz") as tf:
+        data = b"<p>hello</p>"
+        info = tarfile.TarInfo("./usr/share/doc/x/index.html")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+
+    def member(name, body):
+        header = f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(body):<10}`\n".encode()
+        return header + body + (b"\n" if len(body) % 2 else b"")
+
+    deb = tmp_path / "x.deb"
+    deb.write_bytes(b"!<arch>\n" + member("debian-binary", b"2.0\n")
+                    + member("control.tar.xz", b"odd") + member("data.tar.xz", payload.getvalue()))
+    assets._extract_deb(deb, tmp_path / "out")
+    assert (tmp_path / "out/usr/share/doc/x/index.html").read_bytes() == b"<p>hello</p>"
