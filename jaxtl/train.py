@@ -341,6 +341,7 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup) -> dict:
                     writer.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.1f}")
                     window, window_start, window_examples, window_tokens = None, time.perf_counter(), 0, 0
+                paused = time.perf_counter()
                 if step % eval_every == 0 and step < total_steps and setup.eval_sets:
                     results = run_evals(step)
                     best = _track_best(setup, results, best, step, t, state, workdir)
@@ -351,6 +352,8 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup) -> dict:
                     if stop.signum is not None:
                         ckpt.wait()
                         raise Stopped(step, stop.signum)
+                # Throughput is training throughput: evaluations and saves don't count.
+                window_start += time.perf_counter() - paused
         finally:
             bar.close()
 
