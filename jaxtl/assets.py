@@ -188,13 +188,26 @@ def _unpacked_deb(asset: _Asset, dest: Path) -> Path:
             f"which this machine does not have. {advice}"
         )
     result = subprocess.run(cmd, cwd=download, capture_output=True, text=True)
+    if result.returncode != 0:
+        # No package lists on this machine (a fresh container, a CI runner): read the system's apt
+        # sources into lists of our own, in the temporary folder, and download with those. Needs
+        # no root and leaves the system's apt state alone.
+        private = [f"Dir::State::Lists={dest / 'apt-lists'}", f"Dir::Cache={dest / 'apt-cache'}",
+                   "Debug::NoLocking=1"]
+        for folder in ("apt-lists/partial", "apt-cache/archives/partial"):
+            (dest / folder).mkdir(parents=True, exist_ok=True)
+        options = [arg for option in private for arg in ("-o", option)]
+        update = subprocess.run(["apt-get", *options, "update", "-qq"], capture_output=True, text=True)
+        cmd = ["apt-get", *options, "download", "-q", asset.package]
+        result = subprocess.run(cmd, cwd=download, capture_output=True, text=True)
+        if result.returncode != 0 and update.returncode != 0:
+            result = update
     debs = sorted(download.glob("*.deb"))
     if result.returncode != 0 or len(debs) != 1:
         detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise AssetError(
             f"could not download the Debian package {asset.package!r} that carries this asset "
-            f"(`{' '.join(cmd)}` failed: {' / '.join(detail) or 'no output'}; "
-            f"after `apt-get update` if its package lists are missing). {advice}"
+            f"(`{' '.join(cmd)}` failed: {' / '.join(detail) or 'no output'}). {advice}"
         )
     unpacked = dest / "unpacked"
     _extract_deb(debs[0], unpacked)

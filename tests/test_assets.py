@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -94,6 +95,7 @@ def test_offline_fetch_names_the_package_and_leaves_no_partial_asset(tmp_path, m
     assert os.listdir(tmp_path / "assets") == []  # the temporary build folder was removed
 
 
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="a Debian package: needs apt-get")
 def test_python_docs_documents(asset_cache):
     path = Path(assets.resolve("asset:python-docs"))
     text = path.read_text(encoding="utf-8")
@@ -152,3 +154,29 @@ def test_deb_archive_is_unpacked_without_dpkg(tmp_path):
                     + member("control.tar.xz", b"odd") + member("data.tar.xz", payload.getvalue()))
     assets._extract_deb(deb, tmp_path / "out")
     assert (tmp_path / "out/usr/share/doc/x/index.html").read_bytes() == b"<p>hello</p>"
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="a Debian package: needs apt-get")
+def test_debian_asset_fetches_its_own_package_lists_when_the_system_has_none(tmp_path, monkeypatch):
+    """A fresh container has no apt lists: jaxtl reads the apt sources into lists of its own."""
+    import dataclasses
+    import stat
+
+    bin_dir, empty = tmp_path / "bin", tmp_path / "empty-lists"
+    (empty / "partial").mkdir(parents=True)
+    bin_dir.mkdir()
+    wrapper = bin_dir / "apt-get"  # the system lists are empty; jaxtl's own -o options come later
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("apt-get")} -o Dir::State::Lists={empty} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("JAXTL_CACHE", str(tmp_path / "cache"))
+
+    def build(package, out):  # the real package arrived, unpacked
+        assert (package / ".deb-name").read_text().startswith("python3.11-doc_")
+        assert next(package.glob("usr/share/doc/python3*/html/library/socket.html"))
+        (out / "ok.txt").write_text("ok")
+        return "ok.txt"
+
+    quick = dataclasses.replace(assets.ASSETS["python-docs"], build=build)
+    monkeypatch.setitem(assets.ASSETS, "python-docs", quick)
+    assert Path(assets.resolve("asset:python-docs")).read_text() == "ok"
