@@ -73,7 +73,7 @@ class FinetuneDataConfig:
 @dataclasses.dataclass(frozen=True)
 class PretrainDataConfig:
     # Plain text files, documents separated by blank lines (globs allowed), or
-    # "asset:shakespeare" (fetched and cached) ...
+    # "asset:python-docs" or "asset:shakespeare" (fetched and cached) ...
     train_files: list = dataclasses.field(default_factory=list)
     # ... or an HF `datasets` name/config with a text column (one document per row).
     dataset: str | None = None
