@@ -114,3 +114,34 @@ def run_with_signal(cfg, workdir: Path, at_step: int | None):
 
     setup.train_batch = train_batch
     return train.train_loop(cfg, workdir, setup)
+
+
+TRAIN_KEYS_THAT_VARY = ("examples_per_s", "tokens_per_s")  # wall-clock, not results
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_final_weights(workdir_a: Path, workdir_b: Path) -> None:
+    """The two runs' exported ``final/`` weights are bitwise identical, name by name."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    a = load_file(workdir_a / "final" / "model.safetensors")
+    b = load_file(workdir_b / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def assert_same_metrics(workdir_a: Path, workdir_b: Path) -> None:
+    """Identical ``metrics.jsonl`` records, wall-clock throughput aside."""
+
+    def comparable(workdir):
+        return [{k: v for k, v in r.items() if k not in TRAIN_KEYS_THAT_VARY}
+                for r in read_metrics(workdir)]
+
+    assert comparable(workdir_a) == comparable(workdir_b)

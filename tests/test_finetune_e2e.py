@@ -6,17 +6,22 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import transformers
 import yaml
-from helpers import make_tiny_checkpoint, make_tokenizer, run_with_signal, sentiment_rows, write_csv
+from helpers import (
+    assert_same_final_weights,
+    assert_same_metrics,
+    make_tiny_checkpoint,
+    make_tokenizer,
+    read_metrics,
+    run_with_signal,
+    sentiment_rows,
+    write_csv,
+)
 
 from jaxtl import cli, config as config_lib, train
-
-TRAIN_KEYS_THAT_VARY = ("examples_per_s", "tokens_per_s")  # wall-clock, not results
-
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
@@ -43,10 +48,6 @@ def write_config(path: Path, assets, **sections) -> str:
         raw.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(raw))
     return str(path)
-
-
-def read_metrics(workdir: Path) -> list[dict]:
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_finetune_cli_trains_exports_and_predicts(assets, tmp_path, capsys):
@@ -101,18 +102,8 @@ def test_sigterm_then_resume_is_bitwise_identical(assets, tmp_path):
     assert stopped.value.step == 8
     run_with_signal(cfg, resumed, at_step=None)
 
-    from safetensors.numpy import load_file
-
-    a = load_file(straight / "final" / "model.safetensors")
-    b = load_file(resumed / "final" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-
-    def comparable(records):
-        return [{k: v for k, v in r.items() if k not in TRAIN_KEYS_THAT_VARY} for r in records]
-
-    assert comparable(read_metrics(straight)) == comparable(read_metrics(resumed))
+    assert_same_final_weights(straight, resumed)
+    assert_same_metrics(straight, resumed)
 
 
 def test_corrupt_latest_checkpoint_falls_back(assets, tmp_path, caplog):
@@ -199,11 +190,6 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(assets, tmp_path):
         if workdir == killed:
             assert f"at step {max(steps_left)}" in done.stderr  # "resumed from ... at step N"
 
-    from safetensors.numpy import load_file
-
-    a = load_file(killed / "final" / "model.safetensors")
-    b = load_file(tmp_path / "straight" / "final" / "model.safetensors")
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert_same_final_weights(killed, tmp_path / "straight")
     losses = lambda w: [r["loss"] for r in read_metrics(w) if r["split"] == "train"]  # noqa: E731
     assert losses(killed) == losses(tmp_path / "straight")

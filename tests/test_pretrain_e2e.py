@@ -13,11 +13,19 @@ import pytest
 import torch
 import transformers
 import yaml
-from helpers import make_tiny_checkpoint, make_tokenizer, run_with_signal, sentiment_rows, write_csv
+from helpers import (
+    assert_same_final_weights,
+    assert_same_metrics,
+    make_tiny_checkpoint,
+    make_tokenizer,
+    read_metrics,
+    run_with_signal,
+    sentiment_rows,
+    write_csv,
+)
 
 from jaxtl import checkpoint, cli, config as config_lib, hf, optim, steps, train
 
-TRAIN_KEYS_THAT_VARY = ("examples_per_s", "tokens_per_s")  # wall-clock, not results
 
 # Real English prose (public-domain openings and well-known passages), one document per
 # paragraph block; documents are separated by blank lines, as BERT's pretraining data is.
@@ -121,10 +129,6 @@ def write_config(path: Path, assets, **sections) -> str:
         raw.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(raw))
     return str(path)
-
-
-def read_metrics(workdir: Path) -> list[dict]:
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -298,18 +302,8 @@ def test_lamb_run_stopped_by_sigterm_resumes_bitwise_identical(assets, tmp_path)
     assert stopped.value.step == 6  # step 6 finishes, is checkpointed, and the run stops
     run_with_signal(cfg, resumed, at_step=None)
 
-    from safetensors.numpy import load_file
-
-    a = load_file(straight / "final" / "model.safetensors")
-    b = load_file(resumed / "final" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-
-    def comparable(records):
-        return [{k: v for k, v in r.items() if k not in TRAIN_KEYS_THAT_VARY} for r in records]
-
-    assert comparable(read_metrics(straight)) == comparable(read_metrics(resumed))
+    assert_same_final_weights(straight, resumed)
+    assert_same_metrics(straight, resumed)
     # A few LAMB steps lower the loss (the mean over each 3-step window, fresh batches each step).
     losses = [r["loss"] for r in read_metrics(straight) if r["split"] == "train"]
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
