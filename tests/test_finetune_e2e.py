@@ -23,6 +23,7 @@ from helpers import (
 
 from jaxtl import cli, config as config_lib, train
 
+
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("ft")
