@@ -146,7 +146,7 @@ def bench_mesh(args, shape, model, tx, batch_host) -> dict:
 
     from jaxtl import sharding, steps
     from jaxtl.config import MeshConfig
-    from jaxtl.model import ConfigError
+    from jaxtl.errors import ConfigError
 
     data, fsdp, tensor = shape
     row = {"mesh": f"{data}x{fsdp}x{tensor}"}

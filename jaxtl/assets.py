@@ -50,15 +50,13 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from jaxtl.data.errors import DataError
+from jaxtl.errors import AssetError, DataError  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 PREFIX = "asset:"
 
 
-class AssetError(DataError):
-    """An ``asset:`` name that is unknown or could not be fetched; the message says what to do."""
 
 
 def cache_dir() -> Path:

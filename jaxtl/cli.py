@@ -17,8 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
-EXIT_NON_FINITE = 3
+from jaxtl.errors import EXIT_BAD_INPUT, EXIT_NON_FINITE
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -265,22 +264,19 @@ COMMANDS = {"finetune": _run, "pretrain": _run, "evaluate": _evaluate, "predict"
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from jaxtl.data.errors import DataError
-    from jaxtl.hf import CheckpointError
-    from jaxtl.model import ConfigError
-    from jaxtl.train import NonFiniteError, Stopped
+    from jaxtl.errors import JaxtlError, NonFiniteError, Stopped
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, CheckpointError) as e:
-        print(f"jaxtl: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except NonFiniteError as e:
         print(f"jaxtl: error: {e}", file=sys.stderr)
         return EXIT_NON_FINITE
     except Stopped as e:
         print(f"jaxtl: {e}", file=sys.stderr)
         return 128 + e.signum
+    except JaxtlError as e:
+        print(f"jaxtl: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("jaxtl: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from jaxtl.model import ConfigError
+from jaxtl.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,8 +29,9 @@ import numpy as np
 import flax.linen as nn
 from flax import traverse_util
 
+from jaxtl.errors import CheckpointError, ConfigError
 from jaxtl.heads import build, head_of
-from jaxtl.model import BertConfig, ConfigError
+from jaxtl.model import BertConfig
 
 log = logging.getLogger("jaxtl")
 
@@ -50,8 +51,6 @@ ARCHITECTURES = {
 }
 
 
-class CheckpointError(ValueError):
-    """A checkpoint jaxtl cannot load as asked; the message names the file or weight."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxtl.errors import ConfigError
+
 # Hugging Face config fields jaxtl does not implement; a checkpoint that sets them to anything but
 # the listed value is refused instead of being silently computed differently.
 UNSUPPORTED_HF_FIELDS = {
@@ -35,10 +37,6 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
 }
-
-
-class ConfigError(ValueError):
-    """A configuration value jaxtl cannot honour; the message names the key and value."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import optax
 from flax import traverse_util
 
 from jaxtl.config import OptimConfig
-from jaxtl.model import ConfigError
+from jaxtl.errors import ConfigError
 
 
 def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:

@@ -25,7 +25,8 @@ from flax.training.train_state import TrainState
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from jaxtl.config import MeshConfig
-from jaxtl.model import BertConfig, ConfigError
+from jaxtl.errors import ConfigError
+from jaxtl.model import BertConfig
 
 log = logging.getLogger("jaxtl")
 

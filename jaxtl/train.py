@@ -34,24 +34,12 @@ from jax.experimental import multihost_utils
 from jaxtl import checkpoint, hf, optim, sharding, steps
 from jaxtl.config import Config
 from jaxtl.heads import build
-from jaxtl.model import BertConfig, ConfigError, preset
+from jaxtl.errors import ConfigError, NonFiniteError, Stopped
+from jaxtl.model import BertConfig, preset
 
 log = logging.getLogger("jaxtl")
 
 
-class NonFiniteError(FloatingPointError):
-    """The loss became NaN/inf; the run stops without writing a checkpoint of that state."""
-
-
-class Stopped(Exception):
-    """The run was asked to stop (SIGTERM/SIGINT) and saved a checkpoint."""
-
-    def __init__(self, step: int, signum: int):
-        super().__init__(
-            f"stopped by signal {signal.Signals(signum).name} at step {step}; checkpoint saved. "
-            "Run the same command again to resume."
-        )
-        self.step, self.signum = step, signum
 
 
 @dataclasses.dataclass

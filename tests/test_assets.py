@@ -10,7 +10,7 @@ import pytest
 import transformers
 
 from jaxtl import assets
-from jaxtl.data.errors import DataError
+from jaxtl.errors import DataError
 
 
 @pytest.fixture(scope="session")

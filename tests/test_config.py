@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from jaxtl import config as C
-from jaxtl.model import ConfigError
+from jaxtl.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 

@@ -12,7 +12,7 @@ from helpers import WORDS, make_tokenizer
 
 from jaxtl.config import FinetuneDataConfig
 from jaxtl.data import classification as C
-from jaxtl.data.errors import DataError
+from jaxtl.errors import DataError
 
 PAD = 0
 BUCKETS = [8, 16, 32, 64, 512]  # 512 > max_seq_length: must be dropped

@@ -14,7 +14,7 @@ import transformers
 
 from jaxtl.config import PretrainDataConfig
 from jaxtl.data import pretraining as pt
-from jaxtl.data.errors import DataError
+from jaxtl.errors import DataError
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 NUM_WORDS = 6000

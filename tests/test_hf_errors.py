@@ -18,8 +18,8 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 import jaxtl.hf
-from jaxtl.hf import CheckpointError
-from jaxtl.model import ConfigError
+from jaxtl.errors import CheckpointError
+from jaxtl.errors import ConfigError
 
 TINY = dict(
     vocab_size=64,

@@ -34,7 +34,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxtl import checkpoint, hf, optim, sharding, steps
 from jaxtl.config import MeshConfig, OptimConfig, load as load_config
 from jaxtl.heads import build, head_of
-from jaxtl.model import BertConfig, ConfigError
+from jaxtl.errors import ConfigError
+from jaxtl.model import BertConfig
 
 NUM_DEVICES = 8
 MESHES = {  # name -> (data, fsdp, tensor)

@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxtl import assets
 from jaxtl.config import FinetuneDataConfig
-from jaxtl.data.errors import DataError
+from jaxtl.errors import DataError
 
 # Sortish bucketing sorts windows of this many batches by length: batches of similar lengths pad
 # little, while the window keeps enough randomness in which examples share a batch.

@@ -40,7 +40,7 @@ from typing import Iterator
 import numpy as np
 
 from jaxtl.config import PretrainDataConfig
-from jaxtl.data.errors import DataError
+from jaxtl.errors import DataError
 
 # Third words of the seed sequences (numpy's SeedSequence pads with zeros, so [s, e] == [s, e, 0]:
 # the streams must differ in a nonzero word, not in length).
