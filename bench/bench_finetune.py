@@ -32,13 +32,13 @@ import numpy as np
 def jaxtl_setup(args, max_len, buckets):
     import jax
 
-    from jaxtl import config as config_lib, hf, optim, sharding, steps, train
+    from jaxtl import config as config_lib, hf, optim, sharding, steps, tasks, train
 
     cfg = config_lib.load(Path(__file__).parent.parent / "configs" / "demo_finetune.yaml", [
         f"data.max_seq_length={max_len}", f"data.bucket_sizes={buckets}",
         f"train.batch_size={args.batch_size}", f"optim.lr={args.lr}", "mesh.data=1",
     ])
-    setup = train.finetune_setup(cfg)
+    setup = tasks.finetune_setup(cfg)
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
     rules = sharding.rules_from_config(cfg.mesh)
     total = args.steps_to_accuracy

@@ -70,8 +70,10 @@ def jaxtl_runner(args, vocab_size: int):
 
     from jaxtl import hf, optim, sharding, steps
     from jaxtl.config import MeshConfig, OptimConfig
-    from jaxtl.heads import build
-    from jaxtl.model import preset
+    from jaxtl import families
+
+    bert = families.get("bert")
+    build, preset = bert.build, bert.preset
 
     config = preset(args.size, vocab_size=vocab_size)
     model = build(config, "pretraining")
@@ -139,7 +141,7 @@ def torch_runner(config, batches_np):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="mini", help="jaxtl.model.PRESETS name (default: mini)")
+    parser.add_argument("--size", default="mini", help="BERT preset name (jaxtl.families.bert.PRESETS) (default: mini)")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per block")

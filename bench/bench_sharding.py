@@ -205,8 +205,10 @@ def main(argv=None) -> int:
 
     from jaxtl import hf, optim
     from jaxtl.config import OptimConfig
-    from jaxtl.heads import build
-    from jaxtl.model import preset
+    from jaxtl import families
+
+    bert = families.get("bert")
+    build, preset = bert.build, bert.preset
 
     n = jax.device_count() if args.devices is None else min(args.devices, jax.device_count())
     meshes = ([tuple(int(x) for x in m.split("x")) for m in args.meshes.split(",")]

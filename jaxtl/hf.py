@@ -1,4 +1,5 @@
-"""Hugging Face <-> jaxtl: load HF BERT checkpoints into jaxtl models and export them back.
+"""Hugging Face <-> jaxtl: load HF checkpoints of any registered encoder family into jaxtl
+models and export them back.
 
     model, params = jaxtl.hf.load("bert-base-uncased", head="classification", num_labels=2)
     tok = jaxtl.hf.tokenizer("bert-base-uncased")
@@ -7,12 +8,14 @@
                       batch["token_type_ids"])          # out["logits"]: [2, 2]
     jaxtl.hf.save(model, params, "exported/", tokenizer=tok)  # transformers loads it back
 
-Conversion is a fixed table: a jaxtl parameter path ``bert/encoder/layer/0/attention/self/query/
-kernel`` is the HF weight ``bert.encoder.layer.0.attention.self.query.weight`` transposed (Linear
-weights are (out, in) in torch, (in, out) in Flax); LayerNorm ``scale`` is ``weight`` (legacy
+The family comes from ``config.json``'s ``model_type`` (see :mod:`jaxtl.families`). Conversion is
+a fixed table: a jaxtl parameter path ``bert/encoder/layer/0/attention/self/query/kernel`` is the
+HF weight ``bert.encoder.layer.0.attention.self.query.weight`` transposed (Linear weights are
+(out, in) in torch, (in, out) in Flax); LayerNorm ``scale`` is ``weight`` (legacy
 ``gamma``/``beta`` accepted); ``embedding`` is ``weight``. Merging is strict: trunk weights that are
 missing, unexpected or of the wrong shape are errors that list them; head weights the checkpoint
-lacks are newly initialised and named in one log line; weights of other heads are dropped, named.
+lacks are newly initialised and named in one log line (or refused, for inference: ``load(...,
+new_heads=False)``); weights of other heads are dropped, named.
 """
 
 from __future__ import annotations
@@ -29,28 +32,14 @@ import numpy as np
 import flax.linen as nn
 from flax import traverse_util
 
+from jaxtl import families
+from jaxtl.sharding import abstract_params
 from jaxtl.errors import CheckpointError, ConfigError
-from jaxtl.heads import build, head_of
-from jaxtl.model import BertConfig
+from jaxtl.families import FamilySpec
 
 log = logging.getLogger("jaxtl")
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-# Weights HF checkpoints may hold that carry no information for us.
-IGNORED = (
-    "bert.embeddings.position_ids",  # a buffer in older checkpoints
-    "cls.predictions.decoder.weight",  # tied to the word embeddings
-    "cls.predictions.decoder.bias",  # tied to cls.predictions.bias
-)
-# Weight-name prefixes of the HF heads; everything else is the trunk (under "bert.").
-HEAD_PREFIXES = ("cls.predictions.", "cls.seq_relationship.", "classifier.")
-ARCHITECTURES = {
-    None: "BertModel",
-    "pretraining": "BertForPreTraining",
-    "classification": "BertForSequenceClassification",
-}
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,15 +135,15 @@ def read_state_dict(folder: Path) -> dict[str, np.ndarray]:
 # Name table
 
 
-def _canonical(name: str) -> str:
-    """HF weight name -> the BertForPreTraining-style name (trunk under ``bert.``)."""
+def _canonical(name: str, spec: FamilySpec) -> str:
+    """HF weight name -> the name in a head model's layout (trunk under ``<trunk>.``)."""
     if name.endswith(".gamma"):
         name = name[: -len("gamma")] + "weight"
     elif name.endswith(".beta"):
         name = name[: -len("beta")] + "bias"
-    if name.startswith(HEAD_PREFIXES) or name.startswith("bert."):
+    if name.startswith(spec.head_prefixes) or name.startswith(spec.trunk + "."):
         return name
-    return "bert." + name
+    return f"{spec.trunk}.{name}"
 
 
 def hf_name(path: tuple[str, ...]) -> str:
@@ -163,18 +152,16 @@ def hf_name(path: tuple[str, ...]) -> str:
     return ".".join(path[:-1] + (leaf,))
 
 
-def _is_head(name: str) -> bool:
-    return name.startswith(HEAD_PREFIXES)
-
-
 def convert_state_dict(
-    state: dict[str, np.ndarray], abstract_params: Any, *, source: str = "checkpoint"
+    state: dict[str, np.ndarray], abstract_params: Any, spec: FamilySpec, *,
+    source: str = "checkpoint",
 ) -> tuple[dict[tuple[str, ...], np.ndarray], list[str], list[str]]:
-    """Map HF weights onto a jaxtl parameter tree.
+    """Map HF weights onto a jaxtl parameter tree of family ``spec``.
 
     Args:
-      state: HF weight name -> array (any of the BertModel/BertFor... layouts).
+      state: HF weight name -> array (any of the family's ``*Model``/``*For...`` layouts).
       abstract_params: the target tree (``jax.eval_shape`` of ``model.init``, unboxed).
+      spec: the family.
       source: for messages.
 
     Returns:
@@ -184,33 +171,34 @@ def convert_state_dict(
     """
     by_name = {}
     for name, value in state.items():
-        canonical = _canonical(name)
+        canonical = _canonical(name, spec)
         if canonical in by_name:
             raise CheckpointError(f"{source}: weight {name!r} appears twice (as {canonical!r})")
         by_name[canonical] = value
-    for name in IGNORED:
+    for name in spec.ignored:
         by_name.pop(name, None)
 
+    is_head = lambda name: name.startswith(spec.head_prefixes)  # noqa: E731
     loaded, new_heads, missing, mismatched = {}, [], [], []
-    flat_target = traverse_util.flatten_dict(abstract_params)
-    for path, target in flat_target.items():
+    for path, target in traverse_util.flatten_dict(abstract_params).items():
         name = hf_name(path)
         if name not in by_name:
-            (new_heads if _is_head(name) or name.startswith("bert.pooler.") else missing).append(name)
+            optional = is_head(name) or name.startswith(spec.optional_prefixes)
+            (new_heads if optional else missing).append(name)
             continue
         stored = np.asarray(by_name.pop(name))
         value = stored.T if path[-1] == "kernel" else stored
         if value.shape != tuple(target.shape):
             expected = tuple(target.shape)[::-1] if path[-1] == "kernel" else tuple(target.shape)
-            if name.startswith("classifier."):
+            if is_head(name):
                 # Another label set (e.g. a checkpoint fine-tuned on a different task).
                 new_heads.append(f"{name} (checkpoint shape {stored.shape}, model {expected})")
                 continue
             mismatched.append(f"{name}: checkpoint has shape {stored.shape}, model expects {expected}")
             continue
         loaded[path] = value.astype(target.dtype)
-    dropped = sorted(n for n in by_name if _is_head(n))
-    unexpected = sorted(n for n in by_name if not _is_head(n))
+    dropped = sorted(n for n in by_name if is_head(n))
+    unexpected = sorted(n for n in by_name if not is_head(n))
     problems = []
     if mismatched:
         problems.append("weights of the wrong shape:\n  " + "\n  ".join(mismatched))
@@ -241,25 +229,69 @@ def tokenizer(name_or_path: str | os.PathLike):
         ) from None
 
 
-def load_config(name_or_path: str | os.PathLike, **overrides) -> BertConfig:
+def family_of(name_or_path: str | os.PathLike) -> FamilySpec:
+    """The encoder family of an HF folder, from ``config.json``'s ``model_type``."""
     folder = resolve(name_or_path)
+    hf = read_config(folder)
+    return families.for_model_type(hf.get("model_type", "bert"), source=str(folder / "config.json"))
+
+
+def load_config(name_or_path: str | os.PathLike, **overrides):
+    """The family config of an HF folder (``config.json``), with ``overrides`` applied."""
+    folder = resolve(name_or_path)
+    source = str(folder / "config.json")
+    hf = read_config(folder)
+    spec = families.for_model_type(hf.get("model_type", "bert"), source=source)
     try:
-        return BertConfig.from_hf(read_config(folder), source=str(folder / "config.json"), **overrides)
+        return spec.config_cls.from_hf(hf, source=source, **overrides)
     except TypeError as e:
-        raise ConfigError(f"{folder / 'config.json'}: {e}") from None
+        raise ConfigError(f"{source}: {e}") from None
 
 
-def abstract_params(model: nn.Module, seq_len: int = 8) -> Any:
-    """Shapes and dtypes of the model's parameters (unboxed), without computing anything."""
-    ids = jnp.zeros((1, seq_len), jnp.int32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), ids)["params"])
-    return nn.unbox(shapes)
+def head_of_folder(name_or_path: str | os.PathLike) -> str | None:
+    """The head an HF folder was saved for, from ``config.json``'s ``architectures``."""
+    folder = resolve(name_or_path)
+    for architecture in read_config(folder).get("architectures") or []:
+        found = families.for_architecture(architecture)
+        if found is not None:
+            return found[1]
+    raise CheckpointError(
+        f"{folder / 'config.json'} names no architecture jaxtl knows "
+        f"({read_config(folder).get('architectures')}); pass the head explicitly"
+    )
 
 
 def init_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> Any:
     """Freshly initialised (unboxed) parameters."""
     ids = jnp.zeros((1, seq_len), jnp.int32)
     return nn.unbox(jax.jit(model.init)(rng, ids)["params"])
+
+
+def pretrained_weights(
+    folder: str | os.PathLike, model: nn.Module, *, new_heads: bool = True
+) -> dict[tuple[str, ...], np.ndarray]:
+    """The checkpoint's weights for ``model`` (flat path -> host array), strictly merged.
+
+    Head weights the checkpoint lacks are named in the log (``new_heads=True``) or refused with
+    a :class:`CheckpointError` naming the folder and the weights (``new_heads=False``: inference
+    must never run a random head).
+    """
+    folder = resolve(folder)
+    spec = families.of_model(model)
+    loaded, missing_heads, dropped = convert_state_dict(
+        read_state_dict(folder), abstract_params(model), spec, source=str(folder)
+    )
+    if dropped:
+        log.info("not used by this head (another head's weights): %s", ", ".join(dropped))
+    if missing_heads:
+        if not new_heads:
+            raise CheckpointError(
+                f"{folder} has no trained weights for the {type(model).__name__} head "
+                f"(missing: {', '.join(missing_heads)}); predicting with a newly initialised head "
+                "would be random. Pass a fine-tuned model folder (e.g. WORKDIR/best)"
+            )
+        log.info("newly initialised (not in %s): %s", folder, ", ".join(missing_heads))
+    return loaded
 
 
 def load(
@@ -271,17 +303,19 @@ def load(
     labels: tuple[str, ...] | None = None,
     param_dtype: Any = jnp.float32,
     seed: int = 0,
+    new_heads: bool = True,
     **config_overrides,
 ) -> tuple[nn.Module, Any]:
-    """Load an HF BERT checkpoint (folder, hub id or ``asset:NAME``) into a jaxtl model.
+    """Load an HF checkpoint (folder, hub id or ``asset:NAME``) of any registered family.
 
     Args:
-      head: None (bare trunk), ``"pretraining"`` (MLM + NSP) or ``"classification"``.
+      head: None (bare trunk), ``"pretraining"``, ``"classification"`` (see :mod:`jaxtl.heads`).
       num_labels: classification outputs (1 = regression); default: the checkpoint's.
       labels: label names in id order (implies num_labels).
       dtype: compute dtype; ``param_dtype``: storage dtype.
       seed: initialises head weights the checkpoint lacks.
-      config_overrides: other :class:`BertConfig` fields (e.g. ``hidden_dropout_prob=0.0``).
+      new_heads: False refuses a checkpoint that lacks the head's weights (for inference).
+      config_overrides: other architecture config fields (e.g. ``hidden_dropout_prob=0.0``).
 
     Returns ``(model, params)``.
     """
@@ -296,22 +330,17 @@ def load(
     overrides["dtype"] = jnp.dtype(dtype).name
     overrides["param_dtype"] = jnp.dtype(param_dtype).name
     config = load_config(folder, **overrides)
-    model = build(config, head)
-    params = load_params(folder, model, seed=seed)
+    model = families.of_config(config).build(config, head)
+    params = load_params(folder, model, seed=seed, new_heads=new_heads)
     return model, params
 
 
-def load_params(folder: str | os.PathLike, model: nn.Module, *, seed: int = 0) -> Any:
+def load_params(folder: str | os.PathLike, model: nn.Module, *, seed: int = 0,
+                new_heads: bool = True) -> Any:
     """Parameters for ``model`` from the weights in ``folder`` (missing heads initialised)."""
-    folder = resolve(folder)
-    target = abstract_params(model)
-    loaded, new_heads, dropped = convert_state_dict(
-        read_state_dict(folder), target, source=str(folder)
-    )
-    if dropped:
-        log.info("not used by this head (another head's weights): %s", ", ".join(dropped))
-    if new_heads:
-        log.info("newly initialised (not in %s): %s", folder, ", ".join(new_heads))
+    loaded = pretrained_weights(folder, model, new_heads=new_heads)
+    target = traverse_util.flatten_dict(abstract_params(model))
+    if len(loaded) < len(target):
         params = traverse_util.flatten_dict(init_params(model, jax.random.key(seed)))
         params.update({path: jnp.asarray(value) for path, value in loaded.items()})
     else:
@@ -320,33 +349,50 @@ def load_params(folder: str | os.PathLike, model: nn.Module, *, seed: int = 0) -
 
 
 def to_state_dict(model: nn.Module, params: Any) -> dict[str, np.ndarray]:
-    """HF weight names -> float arrays in the layout of the matching ``BertFor...`` class."""
-    prefix = "" if head_of(model) is None else "bert."
+    """HF weight names -> float arrays in the layout of the family's matching HF class."""
+    spec = families.of_model(model)
+    trunk = spec.trunk + "."
+    bare = spec.head_of(model) is None
     state = {}
     for path, value in traverse_util.flatten_dict(params).items():
         value = np.asarray(jax.device_get(value), dtype=np.float32)
         if path[-1] == "kernel":
             value = value.T
         name = hf_name(path)
-        if name.startswith("bert."):
-            name = prefix + name[len("bert."):]
+        if bare and name.startswith(trunk):
+            name = name[len(trunk):]
         state[name] = np.ascontiguousarray(value)
     return state
+
+
+def check_finite(params: Any, what: str) -> None:
+    """Refuse to write NaN/inf weights anywhere a user would load them from."""
+    bad = [
+        "/".join(path) for path, value in traverse_util.flatten_dict(params).items()
+        if not np.isfinite(np.asarray(jax.device_get(value), np.float32)).all()
+    ]
+    if bad:
+        from jaxtl.errors import NonFiniteError
+
+        raise NonFiniteError(f"refusing to write {what}: non-finite values in {', '.join(bad[:5])}"
+                             + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
 
 
 def save(model: nn.Module, params: Any, out_dir: str | os.PathLike, tokenizer=None) -> Path:
     """Write an HF folder (config.json, model.safetensors, tokenizer files when given).
 
-    ``transformers.AutoModel``/``BertForPreTraining``/``BertForSequenceClassification`` (per the
-    model's head) load it and compute the same numbers.
+    ``transformers.AutoModel`` and the family's ``*For...`` class for the model's head load it
+    and compute the same numbers. Non-finite weights are refused (:class:`NonFiniteError`).
     """
     from safetensors.numpy import save_file
 
     out = Path(out_dir)
+    spec = families.of_model(model)
+    head = spec.head_of(model)
+    check_finite(params, f"{out}")
     out.mkdir(parents=True, exist_ok=True)
-    head = head_of(model)
     hf_config = model.config.to_hf()
-    hf_config["architectures"] = [ARCHITECTURES[head]]
+    hf_config["architectures"] = [spec.architecture(head)]
     hf_config["torch_dtype"] = "float32"
     if head == "classification" and model.config.num_labels == 1:
         hf_config["problem_type"] = "regression"

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from jaxtl import families
 from jaxtl.config import OptimConfig
 from jaxtl.errors import ConfigError
 
@@ -36,36 +37,29 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
 
 
-def layer_depth(path: tuple[str, ...], num_layers: int) -> int:
-    """0 for embeddings, i+1 for encoder layer i, num_layers+1 for pooler and heads."""
-    if path[:2] == ("bert", "embeddings"):
-        return 0
-    if path[:3] == ("bert", "encoder", "layer"):
-        return int(path[3]) + 1
-    return num_layers + 1
-
-
 def frozen_paths(freeze: list[str], params: Any, num_layers: int) -> set[tuple[str, ...]]:
     """Parameter paths held fixed by ``optim.freeze`` entries; an entry matching nothing is an error."""
     flat = traverse_util.flatten_dict(params)
+    family = families.of_params(params)
+    depth = lambda path: family.layer_depth(path, num_layers)  # noqa: E731
     frozen: set[tuple[str, ...]] = set()
     for spec in freeze:
         if spec == "embeddings":
-            chosen = {p for p in flat if layer_depth(p, num_layers) == 0}
+            chosen = {p for p in flat if depth(p) == 0}
         elif spec == "trunk":
-            chosen = {p for p in flat if p[0] == "bert"}
+            chosen = {p for p in flat if p[0] == family.trunk}
         elif m := re.fullmatch(r"layers:(\d+)", spec):
             k = int(m.group(1))
             if k > num_layers:
                 raise ConfigError(f"optim.freeze: {spec!r} but the model has {num_layers} layers")
-            chosen = {p for p in flat if layer_depth(p, num_layers) <= k}
+            chosen = {p for p in flat if depth(p) <= k}
         else:
             prefix = tuple(spec.strip("/").split("/"))
             chosen = {p for p in flat if p[: len(prefix)] == prefix}
         if not chosen:
             raise ConfigError(
                 f"optim.freeze: {spec!r} matches no parameter; use 'embeddings', 'layers:K', "
-                "'trunk' or a path prefix such as 'bert/pooler'"
+                "'trunk' or a parameter path prefix such as 'bert/pooler'"
             )
         frozen |= chosen
     return frozen
@@ -88,13 +82,14 @@ def make_optimizer(
     """
     schedule = make_schedule(cfg, total_steps)
     flat = traverse_util.flatten_dict(params)
+    family = families.of_params(params)
     frozen = frozen_paths(list(cfg.freeze), params, num_layers)
     labels = {}
     for path in flat:
         if path in frozen:
             labels[path] = "frozen"
         elif cfg.layerwise_lr_decay < 1.0:
-            labels[path] = f"depth_{layer_depth(path, num_layers)}"
+            labels[path] = f"depth_{family.layer_depth(path, num_layers)}"
         else:
             labels[path] = "train"
     labels_tree = traverse_util.unflatten_dict(labels)
@@ -131,9 +126,10 @@ def learning_rates(cfg: OptimConfig, params: Any, *, num_layers: int, step: int,
     """The learning rate each parameter path gets at ``step`` (for logs and tests)."""
     schedule = make_schedule(cfg, total_steps)
     frozen = frozen_paths(list(cfg.freeze), params, num_layers)
+    family = families.of_params(params)
     rates = {}
     for path in traverse_util.flatten_dict(params):
-        depth = layer_depth(path, num_layers)
+        depth = family.layer_depth(path, num_layers)
         scale = 0.0 if path in frozen else cfg.layerwise_lr_decay ** (num_layers + 1 - depth)
         rates["/".join(path)] = float(schedule(step)) * scale
     return rates

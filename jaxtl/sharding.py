@@ -2,7 +2,7 @@
 
 The mesh has three axes: ``data`` (batch split, parameters replicated), ``fsdp`` (batch split and
 parameters split along ``embed``), ``tensor`` (heads / MLP / vocabulary split). Parameters and key
-activations carry logical axis names (see :mod:`jaxtl.model`); ``rules`` map them to mesh axes.
+activations carry logical axis names (see :mod:`jaxtl.families.layers`); ``rules`` map them to mesh axes.
 
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     state, shardings = create_train_state(model, tx, mesh, rules, rng=key)
@@ -26,7 +26,6 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from jaxtl.config import MeshConfig
 from jaxtl.errors import ConfigError
-from jaxtl.model import BertConfig
 
 log = logging.getLogger("jaxtl")
 
@@ -85,7 +84,7 @@ def rules_from_config(cfg: MeshConfig) -> tuple[tuple[str, Any], ...]:
     return tuple(rules.items())
 
 
-def check_model_fits(mesh: Mesh, config: BertConfig) -> None:
+def check_model_fits(mesh: Mesh, config) -> None:
     """Refuse a tensor axis that does not divide the attention heads / MLP width."""
     tensor = mesh.shape["tensor"]
     if config.num_attention_heads % tensor:
@@ -172,6 +171,12 @@ def _like_params(tx, abstract_state, params_shardings, mesh):
 def model_init_fn(model: nn.Module, seq_len: int = 8) -> Callable[[jax.Array], Any]:
     ids = jnp.zeros((1, seq_len), jnp.int32)
     return lambda rng: model.init(rng, ids)["params"]
+
+
+def abstract_params(model: nn.Module, seq_len: int = 8) -> Any:
+    """Shapes and dtypes of the model's parameters (unboxed), without computing anything."""
+    shapes = jax.eval_shape(model_init_fn(model, seq_len), jax.random.key(0))
+    return nn.unbox(shapes)
 
 
 def put_global(value: np.ndarray, sharding: NamedSharding) -> jax.Array:

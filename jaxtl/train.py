@@ -1,6 +1,7 @@
-"""The training loop shared by fine-tuning and pretraining: one machinery, two task setups.
+"""The training loop shared by every task: it runs what a recipe (:mod:`jaxtl.tasks`) hands it
+and imports no model, family or head.
 
-    results = jaxtl.train.run(jaxtl.config.load("configs/demo_finetune.yaml"), "runs/demo")
+    results = jaxtl.tasks.run(jaxtl.config.load("configs/demo_finetune.yaml"), "runs/demo")
 
 What a run writes in its workdir (process 0 for files, every process for checkpoints):
 ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON object per log step and per
@@ -31,11 +32,9 @@ import numpy as np
 import yaml
 from jax.experimental import multihost_utils
 
-from jaxtl import checkpoint, hf, optim, sharding, steps
+from jaxtl import checkpoint, optim, sharding, steps
 from jaxtl.config import Config
-from jaxtl.heads import build
 from jaxtl.errors import ConfigError, NonFiniteError, Stopped
-from jaxtl.model import BertConfig, preset
 
 log = logging.getLogger("jaxtl")
 
@@ -56,9 +55,9 @@ class EvalSet:
 class Setup:
     """What a task contributes to the loop."""
 
-    model: Any
-    tokenizer: Any
+    model: Any  # a linen module whose .config has num_hidden_layers, num_attention_heads, ...
     task: steps.Task
+    export: Callable[[Any, Path], None]  # (host params, folder) -> an HF folder there
     pretrained: dict | None  # flat path -> host array, or None (from scratch)
     train_batch: Callable[[int], dict[str, np.ndarray]]  # step -> this process's rows
     steps_per_epoch: int
@@ -183,7 +182,7 @@ def _export(setup: Setup, state, out_dir: Path) -> None:
     params = _host(state.params)
     if jax.process_index() == 0:
         tmp = out_dir.with_name(out_dir.name + ".tmp")
-        hf.save(setup.model, params, tmp, tokenizer=setup.tokenizer)
+        setup.export(params, tmp)
         if out_dir.exists():
             import shutil
 
@@ -239,7 +238,7 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup) -> dict:
     sharding.check_batch_fits(mesh, t.batch_size // accum)
     sharding.check_batch_fits(mesh, t.eval_batch_size or 2 * t.batch_size, "train.eval_batch_size")
 
-    abstract = hf.abstract_params(setup.model)
+    abstract = sharding.abstract_params(setup.model)
     tx, schedule = optim.make_optimizer(
         cfg.optim, abstract, total_steps=updates, num_layers=setup.model.config.num_hidden_layers
     )
@@ -378,153 +377,3 @@ def _track_best(setup: Setup, results: dict, best: dict | None, step: int, t, st
                 (workdir / "best" / "jaxtl_best.json").write_text(json.dumps(best, indent=2) + "\n")
         log.info("new best %s %s=%.4f at step %d", name, metric, value, step)
     return best
-
-
-# --------------------------------------------------------------------------------------------
-# Task setups
-
-
-def _model_config(cfg: Config, base: BertConfig, **extra) -> BertConfig:
-    m = cfg.model
-    changes = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, **extra)
-    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
-        if getattr(m, name) is not None:
-            changes[name] = getattr(m, name)
-    return base.replace(**changes)
-
-
-def _check_vocab(tokenizer, config: BertConfig, source: str) -> None:
-    if len(tokenizer) > config.vocab_size:
-        raise ConfigError(
-            f"the tokenizer from {source} has {len(tokenizer)} tokens but the model's vocab_size "
-            f"is {config.vocab_size}; use the tokenizer the model was trained with"
-        )
-
-
-def finetune_setup(cfg: Config) -> Setup:
-    from jaxtl import metrics as metrics_lib
-    from jaxtl.data import classification as cls_data
-
-    d, t = cfg.data, cfg.train
-    folder = hf.resolve(cfg.model.pretrained)
-    tokenizer = hf.tokenizer(cfg.model.tokenizer or folder)
-    base = hf.load_config(folder)
-    _check_vocab(tokenizer, base, str(cfg.model.tokenizer or folder))
-    data = cls_data.load_classification_data(
-        d, tokenizer, max_positions=base.max_position_embeddings
-    )
-    if data.train is None or len(data.train) == 0:
-        raise ConfigError("no training examples")
-    config = _model_config(
-        cfg, base, labels=tuple(data.labels),
-        problem_type="regression" if data.regression else "single_label_classification",
-    )
-    model = build(config, "classification")
-    pretrained, new_heads, dropped = hf.convert_state_dict(
-        hf.read_state_dict(folder), hf.abstract_params(model), source=str(folder)
-    )
-    if new_heads:
-        log.info("newly initialised (not in %s): %s", folder, ", ".join(new_heads))
-    accum = cfg.optim.grad_accum_steps
-    micro = t.batch_size // accum
-    eval_batch = t.eval_batch_size or 2 * t.batch_size
-    pad_id = tokenizer.pad_token_id or 0
-    common = dict(bucket_sizes=d.bucket_sizes, max_seq_length=d.max_seq_length, pad_id=pad_id,
-                  process_index=jax.process_index(), process_count=jax.process_count())
-
-    def train_batch(step: int):
-        return cls_data.train_batch(data.train, step, batch_size=micro, seed=t.seed, **common)
-
-    def make_eval(split) -> EvalSet:
-        def finish(outputs, index):
-            keep = index >= 0
-            logits = outputs["logits"][keep]
-            labels = split.labels[index[keep]]
-            if data.regression:
-                return metrics_lib.regression_metrics(labels, logits[:, 0])
-            return metrics_lib.classification_metrics(labels, logits.argmax(-1))
-
-        return EvalSet(
-            name=split.name,
-            batches=lambda: cls_data.eval_batches(split, batch_size=eval_batch, **common),
-            num_batches=cls_data.num_eval_batches(len(split), eval_batch),
-            finish=finish, output_keys=("logits",),
-        )
-
-    eval_sets = [make_eval(s) for s in (data.validation, data.test) if s is not None and len(s)]
-    return Setup(
-        model=model, tokenizer=tokenizer, task=steps.CLASSIFICATION, pretrained=pretrained,
-        train_batch=train_batch,
-        steps_per_epoch=cls_data.steps_per_epoch(len(data.train), micro),
-        tokens_per_batch=lambda b: int(b["attention_mask"].sum()),
-        eval_sets=eval_sets,
-        best_metric="pearson" if data.regression else "accuracy",
-        meta={"labels": list(data.labels), "regression": data.regression},
-    )
-
-
-def pretrain_setup(cfg: Config) -> Setup:
-    from jaxtl.data import pretraining as pt_data
-
-    d, t, m = cfg.data, cfg.train, cfg.model
-    tokenizer = hf.tokenizer(m.tokenizer or m.pretrained)
-    if m.pretrained:
-        folder = hf.resolve(m.pretrained)
-        base = hf.load_config(folder, **dict(m.overrides))
-    else:
-        folder = None
-        overrides = {"vocab_size": len(tokenizer), **dict(m.overrides)}
-        base = preset(m.size, **overrides)
-    _check_vocab(tokenizer, base, str(m.tokenizer or m.pretrained))
-    if d.max_seq_length > base.max_position_embeddings:
-        raise ConfigError(
-            f"data.max_seq_length={d.max_seq_length} exceeds the model's "
-            f"max_position_embeddings={base.max_position_embeddings}"
-        )
-    config = _model_config(cfg, base)
-    model = build(config, "pretraining")
-    pretrained = None
-    if folder is not None:
-        pretrained, new_heads, _ = hf.convert_state_dict(
-            hf.read_state_dict(folder), hf.abstract_params(model), source=str(folder)
-        )
-        if new_heads:
-            log.info("newly initialised (not in %s): %s", folder, ", ".join(new_heads))
-    train, validation = pt_data.load_pretraining_data(d, tokenizer, model_vocab_size=config.vocab_size)
-    accum = cfg.optim.grad_accum_steps
-    micro = t.batch_size // accum
-    eval_batch = t.eval_batch_size or 2 * t.batch_size
-    procs = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    eval_sets = []
-    if validation is not None:
-        # Floors to read the scores against, recorded with every validation result: always the
-        # most frequent training token at exactly the masked positions, and the NSP majority label.
-        baselines = {"unigram_baseline": pt_data.unigram_baseline_accuracy(
-            train, validation, batch_size=eval_batch, seed=t.seed)}
-        if d.nsp:
-            baselines["nsp_baseline"] = pt_data.nsp_baseline_accuracy(validation)
-        log.info("validation baselines: %s", ", ".join(f"{k}={v:.4f}" for k, v in baselines.items()))
-        eval_sets.append(EvalSet(
-            name="validation",
-            batches=lambda: validation.eval_batches(batch_size=eval_batch, seed=t.seed, **procs),
-            num_batches=validation.num_eval_batches(eval_batch),
-            finish=lambda outputs, index: dict(baselines),
-        ))
-    return Setup(
-        model=model, tokenizer=tokenizer,
-        task=steps.PRETRAINING if d.nsp else steps.PRETRAINING_MLM_ONLY,
-        pretrained=pretrained,
-        train_batch=lambda step: train.train_batch(step, batch_size=micro, seed=t.seed, **procs),
-        steps_per_epoch=train.steps_per_epoch(micro),
-        tokens_per_batch=lambda b: int(b["attention_mask"].sum()),
-        eval_sets=eval_sets,
-        best_metric="mlm_accuracy",
-        meta={},
-    )
-
-
-def run(cfg: Config, workdir: str | Path) -> dict:
-    """Fine-tune or pretrain per ``cfg.task`` in ``workdir`` (resuming if it has a checkpoint)."""
-    setup_logging()
-    setup = finetune_setup(cfg) if cfg.task == "finetune" else pretrain_setup(cfg)
-    return train_loop(cfg, Path(workdir), setup)

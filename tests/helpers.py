@@ -102,9 +102,9 @@ def run_with_signal(cfg, workdir: Path, at_step: int | None):
     import os
     import signal
 
-    from jaxtl import train
+    from jaxtl import tasks, train
 
-    setup = train.finetune_setup(cfg) if cfg.task == "finetune" else train.pretrain_setup(cfg)
+    setup = tasks.setup_for(cfg)
     fetch = setup.train_batch
 
     def train_batch(step):

@@ -1,7 +1,7 @@
 """Bad checkpoints give one clear error that names the file, key or weight at fault.
 
 Each case starts from a real (tiny) ``transformers`` checkpoint and breaks one thing. The errors
-are :class:`jaxtl.hf.CheckpointError` (files and weights) or :class:`jaxtl.model.ConfigError`
+are :class:`jaxtl.errors.CheckpointError` (files and weights) or :class:`jaxtl.errors.ConfigError`
 (``config.json`` values); both are ``ValueError``s.
 """
 

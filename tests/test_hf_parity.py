@@ -33,7 +33,8 @@ from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 import jaxtl.hf
-from jaxtl import heads, steps
+from jaxtl import steps
+from jaxtl.families import bert as bert_family
 
 FORWARD_TOL = 1e-5
 GRAD_TOL = 1e-4
@@ -533,7 +534,7 @@ def test_pytorch_bin_and_legacy_layernorm_names(make_case, tmp_path):
 
 def assert_trunk_matches(params, config, hf_trunk, batch, what):
     """The ``bert`` subtree of any jaxtl model computes what HF's BertModel ``hf_trunk`` does."""
-    trunk = heads.BertModel(config)
+    trunk = bert_family.BertModel(config)
     out = jax_apply(trunk, {"bert": params["bert"]}, batch)
     with torch.no_grad():
         want = hf_trunk(**torch_inputs(batch))

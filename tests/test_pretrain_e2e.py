@@ -24,7 +24,7 @@ from helpers import (
     write_csv,
 )
 
-from jaxtl import checkpoint, cli, config as config_lib, hf, optim, steps, train
+from jaxtl import checkpoint, cli, config as config_lib, hf, optim, steps, tasks, train
 
 
 # Real English prose (public-domain openings and well-known passages), one document per
@@ -175,7 +175,7 @@ def test_pretrain_from_scratch_lowers_loss_and_records_metrics(scratch_run, asse
 def test_export_matches_transformers_on_the_same_batch(scratch_run):
     workdir = scratch_run["workdir"]
     cfg = config_lib.load(scratch_run["config"])
-    setup = train.pretrain_setup(cfg)
+    setup = tasks.pretrain_setup(cfg)
     model = setup.model
     restored = checkpoint.Checkpointer(workdir / "checkpoints").restore_params(hf.abstract_params(model))
     params, step = restored

@@ -33,9 +33,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxtl import checkpoint, hf, optim, sharding, steps
 from jaxtl.config import MeshConfig, OptimConfig, load as load_config
-from jaxtl.heads import build, head_of
+from jaxtl.families import build, head_of
 from jaxtl.errors import ConfigError
-from jaxtl.model import BertConfig
+from jaxtl.families.bert import BertConfig
 
 NUM_DEVICES = 8
 MESHES = {  # name -> (data, fsdp, tensor)

@@ -12,8 +12,8 @@ from flax.training.train_state import TrainState
 
 from jaxtl import hf, optim, steps
 from jaxtl.config import OptimConfig
-from jaxtl.heads import build
-from jaxtl.model import BertConfig
+from jaxtl.families import build
+from jaxtl.families.bert import BertConfig
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=64)

@@ -1,0 +1,191 @@
+"""Building blocks every encoder family shares: dense/LayerNorm with logical axes, activations,
+attention, and the HF-config handling common to all family configs.
+
+Every parameter carries logical axis names (``vocab``, ``embed``, ``heads``, ``mlp``, ...) and
+the main activations carry logical constraints (``batch``, ``length``, ``embed``, ``heads``); the
+rules in :mod:`jaxtl.sharding` map them onto a device mesh. Outside a mesh they are no-ops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxtl.errors import ConfigError
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU, as torch's nn.GELU()
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # the tanh approximation
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+DTYPES = ("float32", "bfloat16", "float16")
+# jaxtl-only config fields: how the model computes, not what it is; never written to config.json.
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat")
+
+
+def check_common(config) -> None:
+    """Checks every family config runs in ``__post_init__``."""
+    if config.hidden_act not in ACTIVATIONS:
+        raise ConfigError(
+            f"hidden_act={config.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}"
+        )
+    if config.hidden_size % config.num_attention_heads:
+        raise ConfigError(
+            f"hidden_size={config.hidden_size} is not divisible by "
+            f"num_attention_heads={config.num_attention_heads}"
+        )
+    for name in ("dtype", "param_dtype"):
+        if getattr(config, name) not in DTYPES:
+            raise ConfigError(f"{name}={getattr(config, name)!r}: use float32, bfloat16 or float16")
+
+
+def labels_from_hf(hf: dict[str, Any]) -> tuple[str, ...] | None:
+    """Label names in id order from ``id2label`` (or ``LABEL_i`` from ``num_labels``)."""
+    id2label = hf.get("id2label")
+    if id2label:
+        return tuple(str(id2label[k]) for k in sorted(id2label, key=int))
+    if "num_labels" in hf:
+        return tuple(f"LABEL_{i}" for i in range(int(hf["num_labels"])))
+    return None
+
+
+def config_from_hf(cls, hf: dict[str, Any], source: str, unsupported: dict, renames: dict | None = None,
+                   **overrides):
+    """A family config dataclass from an HF ``config.json`` dict; refuses what jaxtl cannot compute.
+
+    ``unsupported``: HF field -> the values jaxtl implements (anything else is refused, naming the
+    file); ``renames``: HF field name -> jaxtl field name (e.g. DistilBERT's ``dim``).
+    """
+    for key, allowed in unsupported.items():
+        if key in hf and hf[key] not in allowed:
+            raise ConfigError(
+                f"{source}: {key}={hf[key]!r} is not supported by jaxtl "
+                f"(only {allowed[0]!r}); refusing rather than computing something else"
+            )
+    fields = {f.name for f in dataclasses.fields(cls)}
+    renamed = {(renames or {}).get(k, k): v for k, v in hf.items()}
+    kwargs = {k: v for k, v in renamed.items()
+              if k in fields and k not in RUNTIME_FIELDS + ("labels",)}
+    labels = labels_from_hf(hf)
+    if labels is not None:
+        kwargs["labels"] = labels
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ConfigError(
+            f"{source}: {unknown[0]!r} is not an architecture field of {cls.__name__}; "
+            f"known: {', '.join(sorted(fields))}"
+        )
+    kwargs.update(overrides)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # e.g. an unsupported hidden_act: say which file holds it
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def config_to_hf(config, model_type: str, renames: dict | None = None, **extra) -> dict[str, Any]:
+    """The HF ``config.json`` fields of a family config (labels as ``id2label``/``label2id``)."""
+    back = {v: k for k, v in (renames or {}).items()}
+    hf = {
+        back.get(f.name, f.name): getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if f.name not in RUNTIME_FIELDS + ("labels",)
+    }
+    if hf.get("problem_type") is None:
+        hf.pop("problem_type", None)
+    hf.update(
+        model_type=model_type,
+        id2label={str(i): label for i, label in enumerate(config.labels)},
+        label2id={label: i for i, label in enumerate(config.labels)},
+        **extra,
+    )
+    return hf
+
+
+def init_normal(config):
+    return nn.initializers.normal(stddev=config.initializer_range)
+
+
+def partitioned(init, names):
+    return nn.with_logical_partitioning(init, names)
+
+
+def constrain(x, names):
+    """Logical sharding constraint on an activation (a no-op outside a mesh with rules)."""
+    return nn.with_logical_constraint(x, names)
+
+
+def dense(config, features: int, axes, name: str, use_bias: bool = True) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        kernel_init=partitioned(init_normal(config), axes),
+        bias_init=partitioned(nn.initializers.zeros, axes[1:]),
+        name=name,
+    )
+
+
+def layer_norm(config, name: str = "LayerNorm", axis_name: str = "embed") -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        scale_init=partitioned(nn.initializers.ones, (axis_name,)),
+        bias_init=partitioned(nn.initializers.zeros, (axis_name,)),
+        name=name,
+    )
+
+
+def embed(config, num: int, features: int, axes, name: str | None = None) -> nn.Embed:
+    return nn.Embed(
+        num,
+        features,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        embedding_init=partitioned(init_normal(config), axes),
+        name=name,
+    )
+
+
+def as_attention_mask(attention_mask_BxL) -> jax.Array:
+    """A ``[B, L]`` padding mask, or a ``[B, L, L]`` one (packed rows: block-diagonal), as the
+    ``[B, 1, Lq, Lk]`` boolean mask :func:`attend` takes."""
+    mask = attention_mask_BxL.astype(bool)
+    return mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]
+
+
+def attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_Bx1xLxL, *, dropout_rate: float,
+           deterministic: bool, dropout_module=None) -> jax.Array:
+    """Scaled dot-product attention; returns ``[B, L, H, K]``.
+
+    Without dropout it is ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU when
+    shapes allow, XLA elsewhere). Dropout on the attention probabilities (as BERT-family models
+    were trained) needs the explicit form.
+    """
+    if deterministic or dropout_rate == 0.0:
+        return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=mask_Bx1xLxL)
+    K = q_BxLxHxK.shape[-1]
+    logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK) / jnp.sqrt(
+        jnp.asarray(K, q_BxLxHxK.dtype)
+    )
+    big_neg = jnp.finfo(logits_BxHxLxL.dtype).min
+    logits_BxHxLxL = jnp.where(mask_Bx1xLxL, logits_BxHxLxL, big_neg)
+    probs_BxHxLxL = jax.nn.softmax(logits_BxHxLxL.astype(jnp.float32), axis=-1)
+    probs_BxHxLxL = dropout_module(probs_BxHxLxL, deterministic=False)
+    return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(v_BxLxHxK.dtype), v_BxLxHxK)
+
+
+def check_length(config, input_ids) -> None:
+    L = input_ids.shape[-1]
+    if L > config.max_position_embeddings:
+        raise ValueError(
+            f"sequence length {L} exceeds max_position_embeddings={config.max_position_embeddings}"
+        )
