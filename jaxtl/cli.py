@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "A workdir with a checkpoint resumes it.")
     _add_config_args(p)
     p.add_argument("--workdir", required=True, help="where checkpoints, metrics and exports go")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a workdir that holds a run with another config "
+                   "(its checkpoints, metrics and exports are deleted)")
     _add_distributed_args(p)
 
     p = sub.add_parser("pretrain", help="pretrain with masked LM (+ next-sentence prediction)",
@@ -77,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "A workdir with a checkpoint resumes it.")
     _add_config_args(p)
     p.add_argument("--workdir", required=True, help="where checkpoints, metrics and exports go")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a workdir that holds a run with another config "
+                   "(its checkpoints, metrics and exports are deleted)")
     _add_distributed_args(p)
 
     for name, text in (("evaluate", "metrics of a fine-tuned model on a labelled file"),
@@ -138,7 +144,7 @@ def _run(args) -> int:
             f"{args.config} is a task={cfg.task!r} config; use `jaxtl {cfg.task}`"
         )
     _init_distributed(args)
-    results = tasks.run(cfg, args.workdir)
+    results = tasks.run(cfg, args.workdir, overwrite=args.overwrite)
     import jax
 
     if jax.process_index() == 0:
@@ -300,6 +306,9 @@ COMMANDS = {"finetune": _run, "pretrain": _run, "evaluate": _evaluate, "predict"
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers' "PyTorch was not found. Models won't be available..." advisory is noise
+    # for jaxtl, which uses only its tokenizers and configs.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from jaxtl.errors import JaxtlError, NonFiniteError, Stopped
 
     try:

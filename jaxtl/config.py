@@ -96,7 +96,7 @@ class PretrainDataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    name: str = "adamw"  # adamw or lamb
+    name: str = "adamw"  # adamw, lamb, or sgd (b1 is its momentum; 0 for none)
     lr: float = 2e-5  # peak learning rate
     schedule: str = "linear"  # after warmup: linear, cosine or constant
     warmup_ratio: float = 0.1  # fraction of total steps spent warming up ...
@@ -136,6 +136,10 @@ class TrainConfig:
     log_every: int = 50  # steps between metrics.jsonl lines / progress updates
     eval_every: int | None = None  # steps between evaluations; None: once per epoch
     save_every: int | None = None  # steps between checkpoints; None: at each evaluation
+    # Also save when this many minutes passed since the last save (decided by process 0, agreed
+    # by all); None: only by steps.
+    save_every_minutes: float | None = 10.0
+    nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (exit 3) or skip the update
     keep_checkpoints: int = 2  # the last N orbax checkpoints kept
     best_metric: str | None = None  # eval metric that picks the best model (None: task default)
     best_mode: str = "max"  # max or min
@@ -162,9 +166,10 @@ class Config:
 TASKS = ("finetune", "pretrain")
 DATA_CLASSES = {"finetune": FinetuneDataConfig, "pretrain": PretrainDataConfig}
 CHOICES = {
-    "optim.name": ("adamw", "lamb"),
+    "optim.name": ("adamw", "lamb", "sgd"),
     "optim.schedule": ("linear", "cosine", "constant"),
     "train.best_mode": ("max", "min"),
+    "train.nonfinite": ("stop", "skip"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
 }

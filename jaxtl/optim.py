@@ -99,6 +99,9 @@ def make_optimizer(
         lr = schedule if scale == 1.0 else (lambda step: schedule(step) * scale)
         if cfg.name == "lamb":
             return optax.lamb(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=mask)
+        if cfg.name == "sgd":  # plain SGD (b1 as momentum when > 0), decoupled weight decay
+            return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask),
+                               optax.sgd(lr, momentum=cfg.b1 or None))
         return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=mask)
 
     groups: dict[str, optax.GradientTransformation] = {"frozen": optax.set_to_zero()}

@@ -110,8 +110,14 @@ PRETRAINING_MLM_ONLY = Task(
 )
 
 
-def make_train_step(task: Task, *, axis_name: str | None = None):
+def make_train_step(task: Task, *, axis_name: str | None = None, skip_nonfinite: bool = False):
     """``train_step(state, batch, rng) -> (state, metrics)`` for ``task``.
+
+    Every step checks on device that the loss and the gradient norm are finite and reports
+    ``metrics["nonfinite"]`` (1.0 for a bad step), so the loop can refuse to evaluate, save or
+    export a state that saw one without a host sync per step. With ``skip_nonfinite`` a bad step
+    changes nothing but the step counter (as ``optax.apply_if_finite``) and its metric sums are
+    zeroed, so only ``nonfinite`` counts it.
 
     With ``axis_name`` (inside ``jax.pmap(..., axis_name=axis_name)``), gradients are averaged
     and metric sums added over the devices; each device gets its own dropout stream. The average
@@ -132,13 +138,22 @@ def make_train_step(task: Task, *, axis_name: str | None = None):
             )
             return task.loss(outputs, batch)
 
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.psum(metrics, axis_name)
-        metrics["grad_norm"] = optax.tree.norm(grads)
+            loss = jax.lax.pmean(loss, axis_name)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        metrics["grad_norm"] = grad_norm
         metrics["steps"] = jnp.ones((), jnp.float32)
-        return state.apply_gradients(grads=grads), metrics
+        new_state = state.apply_gradients(grads=grads)
+        if skip_nonfinite:
+            keep_new = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            new_state = jax.tree.map(keep_new, new_state, state).replace(step=new_state.step)
+            metrics = jax.tree.map(lambda m: jnp.where(finite, m, jnp.zeros_like(m)), metrics)
+        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+        return new_state, metrics
 
     return train_step
 
@@ -185,4 +200,6 @@ def summarize(sums: dict[str, Any]) -> dict[str, float]:
             out["loss"] += out["nsp_loss"]
     if "grad_norm" in s and "steps" in s:
         out["grad_norm"] = s["grad_norm"] / max(s["steps"], 1.0)
+    if s.get("nonfinite"):
+        out["nonfinite_steps"] = s["nonfinite"]
     return out

@@ -219,7 +219,9 @@ def setup_for(cfg: Config) -> Setup:
     return RECIPES[cfg.task](cfg)
 
 
-def run(cfg: Config, workdir: str | Path) -> dict:
-    """Fine-tune or pretrain per ``cfg.task`` in ``workdir`` (resuming if it has a checkpoint)."""
+def run(cfg: Config, workdir: str | Path, *, overwrite: bool = False) -> dict:
+    """Fine-tune or pretrain per ``cfg.task`` in ``workdir`` (resuming if it has a checkpoint of
+    the same run; ``overwrite`` starts afresh where it holds another)."""
     train.setup_logging()
-    return train.train_loop(cfg, Path(workdir), setup_for(cfg))
+    train.enable_compilation_cache()
+    return train.train_loop(cfg, Path(workdir), setup_for(cfg), overwrite=overwrite)

@@ -20,6 +20,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import shutil
 import signal
 import sys
 import time
@@ -32,7 +34,7 @@ import numpy as np
 import yaml
 from jax.experimental import multihost_utils
 
-from jaxtl import checkpoint, optim, sharding, steps
+from jaxtl import checkpoint, optim, sharding, steps, workdir as workdir_lib
 from jaxtl.config import Config
 from jaxtl.errors import ConfigError, NonFiniteError, Stopped
 
@@ -93,6 +95,21 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def enable_compilation_cache() -> str | None:
+    """JAX's persistent compilation cache, on by default in ``$JAXTL_CACHE/xla`` (beside the
+    assets; default ``~/.cache/jaxtl/xla``), so a rerun or resume does not compile its steps
+    again. ``JAXTL_COMPILATION_CACHE`` names another folder, or ``off`` disables it."""
+    setting = os.environ.get("JAXTL_COMPILATION_CACHE", "")
+    if setting.lower() in ("off", "0", "false", "no"):
+        return None
+    folder = setting or os.path.join(
+        os.environ.get("JAXTL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxtl")), "xla")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
+
+
 class MetricsWriter:
     """``metrics.jsonl`` (one object per line) and TensorBoard scalars, process 0 only."""
 
@@ -102,14 +119,9 @@ class MetricsWriter:
         self.tb = None
         if not self.enabled:
             return
-        if self.path.exists():
-            # Lines past the step we resume from were written by the interrupted run; they are
-            # computed again (identically), so drop them to keep one line per event.
-            kept = [
-                line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        # Lines past the step we resume from were written by the interrupted run; they are
+        # computed again (identically), so they go, and so does a line torn by a kill.
+        workdir_lib.truncate_metrics(self.path, resume_step)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -126,6 +138,12 @@ class MetricsWriter:
                 if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
                     self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
             self.tb.flush()
+
+    def sync(self) -> None:
+        """Make what was written durable (at checkpoint boundaries)."""
+        if self.enabled and self.path.exists():
+            with self.path.open("a") as f:
+                os.fsync(f.fileno())
 
     def close(self) -> None:
         if self.tb is not None:
@@ -178,21 +196,24 @@ def _host_rows(local: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(local, tiled=True))
 
 
-def _export(setup: Setup, state, out_dir: Path) -> None:
+def _export(setup: Setup, state, out_dir: Path, extra: dict | None = None) -> None:
+    """The params as an HF folder in ``out_dir`` (plus ``extra`` JSON files), replaced whole:
+    a kill at any moment leaves the old folder or the new one, never half of one."""
     params = _host(state.params)
     if jax.process_index() == 0:
         tmp = out_dir.with_name(out_dir.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
         setup.export(params, tmp)
-        if out_dir.exists():
-            import shutil
-
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        for name, value in (extra or {}).items():
+            (tmp / name).write_text(json.dumps(value, indent=2) + "\n")
+        workdir_lib.publish_dir(tmp, out_dir)
     multihost_utils.sync_global_devices(f"export {out_dir.name}")
 
 
 class _SignalFlag:
-    """Remember SIGTERM/SIGINT instead of dying mid-step; the loop saves and stops."""
+    """Remember SIGTERM/SIGINT instead of dying mid-step; the loop saves and stops at a step
+    boundary that every process agrees on."""
 
     def __init__(self):
         self.signum = None
@@ -216,22 +237,47 @@ class _SignalFlag:
             signal.signal(sig, handler)
 
 
-def train_loop(cfg: Config, workdir: Path, setup: Setup) -> dict:
-    """Train ``setup`` under ``cfg`` in ``workdir``; returns the final evaluation results."""
-    t = cfg.train
-    workdir.mkdir(parents=True, exist_ok=True)
-    primary = jax.process_index() == 0
-    if primary:
-        (workdir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def _agree(signum: int | None, save_due: bool) -> tuple[int | None, bool]:
+    """What every process does at this step boundary: stop if any process got a signal (its
+    number, the largest if several), save if process 0's clock says a save is due. One tiny
+    all-gather on several processes; nothing on one."""
+    if jax.process_count() == 1:
+        return signum, save_due
+    local = np.array([signum or 0, int(save_due)], np.int32)
+    every = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, 2)
+    agreed_signum = int(every[:, 0].max())
+    return (agreed_signum or None), bool(every[0, 1])
 
-    accum = cfg.optim.grad_accum_steps
+
+def _schedule_lengths(cfg: Config, setup: Setup) -> tuple[int, int, int]:
+    """``(updates, eval_every, save_every)`` in optimizer updates (as HF Trainer counts steps:
+    with ``grad_accum_steps > 1`` one update takes that many micro-batches)."""
+    t, accum = cfg.train, cfg.optim.grad_accum_steps
+    updates_per_epoch = max(1, setup.steps_per_epoch // accum)
     updates = t.max_steps if t.max_steps is not None else max(
         1, int(t.epochs * setup.steps_per_epoch) // accum
     )
-    total_steps = updates * accum  # train_step calls (micro-batches)
-    eval_every = t.eval_every or setup.steps_per_epoch
-    save_every = t.save_every or eval_every
+    eval_every = t.eval_every or updates_per_epoch
+    return updates, eval_every, t.save_every or eval_every
 
+
+def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = False) -> dict:
+    """Train ``setup`` under ``cfg`` in ``workdir``; returns the final evaluation results.
+
+    A workdir holds one run: a rerun whose config differs from the one saved with the run (other
+    than its length, mesh, or how it reports and saves) stops naming each difference, unless
+    ``overwrite``. Steps, ``log_every``, ``eval_every``, ``save_every`` and checkpoint numbers
+    count optimizer updates.
+    """
+    t, accum = cfg.train, cfg.optim.grad_accum_steps
+    workdir.mkdir(parents=True, exist_ok=True)
+    primary = jax.process_index() == 0
+    workdir_lib.check_rerun(workdir, cfg.to_dict(), overwrite=overwrite)
+    if primary:
+        workdir_lib.recover(workdir)
+        (workdir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    updates, eval_every, save_every = _schedule_lengths(cfg, setup)
     mesh = sharding.make_mesh(cfg.mesh)
     rules = sharding.rules_from_config(cfg.mesh)
     sharding.check_model_fits(mesh, setup.model.config)
@@ -248,7 +294,7 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup) -> dict:
     log.info(
         "model: %s parameters, mesh %s over %d devices (%d processes); %d steps (%d per epoch)",
         f"{optim.count_params(state.params):,}", dict(mesh.shape), mesh.size,
-        jax.process_count(), total_steps, setup.steps_per_epoch,
+        jax.process_count(), updates, max(1, setup.steps_per_epoch // accum),
     )
 
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
@@ -260,37 +306,49 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup) -> dict:
         if meta.get("window"):
             window = {k: sharding.put_global(np.asarray(v, np.float32), sharding.replicated(mesh))
                       for k, v in meta["window"].items()}
-        if meta.get("seed") != t.seed:
-            raise ConfigError(
-                f"{workdir} holds a run with train.seed={meta.get('seed')}, not {t.seed}; "
-                "use another --workdir or the same seed"
-            )
         log.info("resumed from %s at step %d", ckpt.directory, start_step)
-    if start_step >= total_steps and (workdir / "eval_results.json").exists():
+        if meta.get("updates") not in (None, updates):
+            log.info("the run's length changed from %d to %d steps; the learning-rate schedule "
+                     "now follows the new length", meta["updates"], updates)
+    if start_step >= updates and (workdir / "eval_results.json").exists():
         log.info("%s already finished (step %d)", workdir, start_step)
         return json.loads((workdir / "eval_results.json").read_text())
 
-    train_step = sharding.compile_step(steps.make_train_step(setup.task), mesh, rules, shardings)
+    train_step = sharding.compile_step(
+        steps.make_train_step(setup.task, skip_nonfinite=t.nonfinite == "skip"), mesh, rules, shardings
+    )
     eval_step = sharding.compile_step(steps.make_eval_step(setup.task), mesh, rules, shardings, train=False)
     writer = MetricsWriter(workdir, tensorboard=t.tensorboard, resume_step=start_step)
     rng = jax.random.key(t.seed)
+    state_ok_through = start_step  # every update up to here was finite (checked on the host)
 
     def meta_for(step: int) -> dict:
         return {
-            "step": step, "seed": t.seed, "best": best, "config": cfg.to_dict(),
+            "step": step, "seed": t.seed, "best": best, "config": cfg.to_dict(), "updates": updates,
             "window": None if window is None else {k: float(v) for k, v in jax.device_get(window).items()},
             **setup.meta,
         }
 
-    def check_finite(sums, step):
+    def check_finite(step: int) -> None:
+        """Refuse to go on from a state that saw a non-finite step (one host sync; called only
+        at log, evaluation, save and export boundaries)."""
+        nonlocal state_ok_through
+        if window is None or state_ok_through == step:
+            return
+        sums = jax.device_get(window)
         bad = [k for k, v in sums.items() if not math.isfinite(float(v))]
+        if t.nonfinite == "stop" and float(sums.get("nonfinite", 0.0)) > 0:
+            bad.append("loss or gradient")
         if bad:
             raise NonFiniteError(
-                f"non-finite {', '.join(bad)} at step {step}; stopping without saving this state "
-                f"(last checkpoint: step {ckpt.latest_step()}). Lower optim.lr or check the data."
+                f"non-finite {', '.join(bad)} by step {step}; stopping without evaluating or saving "
+                f"this state (last checkpoint: step {ckpt.latest_step()}). Lower optim.lr or check "
+                "the data, or set train.nonfinite=skip"
             )
+        state_ok_through = step
 
     def run_evals(step: int) -> dict[str, dict]:
+        check_finite(step)
         results = {}
         for eval_set in setup.eval_sets:
             res = evaluate(eval_set, state, eval_step, mesh)
@@ -300,28 +358,35 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup) -> dict:
                      ", ".join(f"{k}={v:.4f}" for k, v in res.items() if k != "examples"))
         return results
 
+    def save(step: int) -> None:
+        check_finite(step)
+        ckpt.save(step, state, meta_for(step))
+        writer.sync()
+
     from tqdm import tqdm
 
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (t.progress and primary),
+    bar = tqdm(total=updates, initial=start_step, disable=not (t.progress and primary),
                dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
     window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
+    last_save = time.monotonic()
     step = start_step
     with _SignalFlag() as stop:
         try:
-            while step < total_steps:
-                local = setup.train_batch(step)
-                window_examples += int(local["example_weight"].sum()) * jax.process_count()
-                window_tokens += setup.tokens_per_batch(local) * jax.process_count()
-                state, metrics = train_step(state, sharding.global_batch(local, mesh), rng)
-                window = metrics if window is None else _add_jit(window, metrics)
+            while step < updates:
+                for micro in range(step * accum, (step + 1) * accum):
+                    local = setup.train_batch(micro)
+                    window_examples += int(local["example_weight"].sum()) * jax.process_count()
+                    window_tokens += setup.tokens_per_batch(local) * jax.process_count()
+                    state, metrics = train_step(state, sharding.global_batch(local, mesh), rng)
+                    window = metrics if window is None else _add_jit(window, metrics)
                 step += 1
                 bar.update(1)
-                if step % t.log_every == 0 or step == total_steps:
+                if step % t.log_every == 0 or step == updates:
+                    check_finite(step)
                     sums = jax.device_get(window)
-                    check_finite(sums, step)
                     elapsed = time.perf_counter() - window_start
-                    record = {"step": step, "split": "train", "epoch": step / setup.steps_per_epoch,
-                              "lr": float(schedule(max(step // accum - 1, 0))),
+                    record = {"step": step, "split": "train", "epoch": step * accum / setup.steps_per_epoch,
+                              "lr": float(schedule(step - 1)),
                               **steps.summarize(sums),
                               "examples_per_s": window_examples / elapsed,
                               "tokens_per_s": window_tokens / elapsed}
@@ -329,31 +394,35 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup) -> dict:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.1f}")
                     window, window_start, window_examples, window_tokens = None, time.perf_counter(), 0, 0
                 paused = time.perf_counter()
-                if step % eval_every == 0 and step < total_steps and setup.eval_sets:
+                if step % eval_every == 0 and step < updates and setup.eval_sets:
                     results = run_evals(step)
                     best = _track_best(setup, results, best, step, t, state, workdir)
-                if step % save_every == 0 or stop.signum is not None:
-                    if window is not None:
-                        check_finite(jax.device_get(window), step)
-                    ckpt.save(step, state, meta_for(step))
-                    if stop.signum is not None:
+                minutes_due = (t.save_every_minutes is not None
+                               and time.monotonic() - last_save >= 60 * t.save_every_minutes)
+                signum, save_due = _agree(stop.signum, minutes_due)
+                if step % save_every == 0 or save_due or signum is not None:
+                    save(step)
+                    last_save = time.monotonic()
+                    if signum is not None:
                         ckpt.wait()
-                        raise Stopped(step, stop.signum)
+                        raise Stopped(step, signum)
                 # Throughput is training throughput: evaluations and saves don't count.
                 window_start += time.perf_counter() - paused
         finally:
             bar.close()
 
-        results = run_evals(total_steps) if setup.eval_sets else {}
-        best = _track_best(setup, results, best, total_steps, t, state, workdir)
-        if ckpt.latest_step() != total_steps:
-            ckpt.save(total_steps, state, meta_for(total_steps))
+        results = run_evals(updates) if setup.eval_sets else {}
+        best = _track_best(setup, results, best, updates, t, state, workdir)
+        if ckpt.latest_step() != updates:
+            save(updates)
+        check_finite(updates)
         _export(setup, state, workdir / "final")
         ckpt.close()
         writer.close()
-    final = {"step": total_steps, **{name: res for name, res in results.items()}, "best": best}
+    final = {"step": updates, **{name: res for name, res in results.items()}, "best": best}
     if primary:
-        (workdir / "eval_results.json").write_text(json.dumps(final, indent=2, sort_keys=True) + "\n")
+        workdir_lib.write_atomic(workdir / "eval_results.json",
+                                 json.dumps(final, indent=2, sort_keys=True) + "\n")
     return final
 
 
@@ -372,8 +441,6 @@ def _track_best(setup: Setup, results: dict, best: dict | None, step: int, t, st
     if better and math.isfinite(value):
         best = {"step": step, "split": name, "metric": metric, "value": value}
         if t.export_best:
-            _export(setup, state, workdir / "best")
-            if jax.process_index() == 0:
-                (workdir / "best" / "jaxtl_best.json").write_text(json.dumps(best, indent=2) + "\n")
+            _export(setup, state, workdir / "best", extra={"jaxtl_best.json": best})
         log.info("new best %s %s=%.4f at step %d", name, metric, value, step)
     return best

@@ -197,3 +197,57 @@ def test_process_0_writes_files_and_every_process_writes_checkpoints(runs):
     results, _ = json.JSONDecoder().raw_decode(out0[start:])
     assert results["step"] == STEPS
     assert "{" not in out1, out1
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_one_process_stops_every_process_at_one_agreed_step(tmp_path, sig):
+    """Only process 1 is signalled; both agree at a step boundary, save that step together and
+    exit 128 + the signal number; the rerun resumes from it."""
+    import signal as signal_lib
+
+    tokenizer = make_tokenizer(tmp_path)
+    checkpoint = make_tiny_checkpoint(tmp_path, tokenizer, cls=transformers.BertModel)
+    rows = sentiment_rows(64, seed=5)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "task": "finetune",
+        "model": {"pretrained": str(checkpoint)},
+        "data": {"train_file": write_csv(tmp_path / "train.csv", ["sentence", "label"], rows),
+                 "max_seq_length": 32, "bucket_sizes": [32]},
+        "mesh": {"data": -1},
+        "train": {"batch_size": 16, "max_steps": 400, "log_every": 1, "eval_every": 1000,
+                  "save_every": 1000, "save_every_minutes": None, "progress": False,
+                  "tensorboard": False},
+    }))
+    workdir = tmp_path / "run"
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            jaxtl_cmd(config, workdir, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                      "--process-id", str(i)),
+            env=child_env(2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert all(p.poll() is None for p in procs), "a process ended before the signal"
+        procs[1].send_signal(getattr(signal_lib, sig))
+        outputs = [p.communicate(timeout=max(deadline - time.monotonic(), 1)) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    expected = 128 + int(getattr(signal_lib, sig))
+    for i, (p, (_, err)) in enumerate(zip(procs, outputs)):
+        assert p.returncode == expected, f"process {i} exited {p.returncode}\n{err[-3000:]}"
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(saved) == 1 and 3 <= saved[0] < 400, saved
+    state = workdir / "checkpoints" / str(saved[0]) / "state"
+    assert (state / "ocdbt.process_0").is_dir() and (state / "ocdbt.process_1").is_dir()
+    assert f"at step {saved[0]}" in outputs[0][1]

@@ -182,3 +182,71 @@ def test_regression_uses_mse():
     loss, metrics = steps.classification_loss(logits, batch)
     assert float(loss) == pytest.approx(0.125)  # ((0.5-1)^2 + 0) / 2, the padded row ignored
     assert "correct" not in metrics
+
+
+def test_gradient_accumulation_with_sgd_and_clipping_matches_one_big_step(real_batch):
+    """With plain SGD (no Adam scale invariance) and clipping active, two accumulated halves give
+    the big batch's update only if micro-gradients are averaged (not summed) and clipped once."""
+    batch, vocab = real_batch
+    config = BertConfig(vocab_size=vocab, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TINY)
+    abstract = hf.abstract_params(build(config, "classification"))
+    sgd = dict(name="sgd", lr=0.5, b1=0.0, warmup_ratio=0.0, schedule="constant", weight_decay=0.0,
+               max_grad_norm=0.05)
+    big_tx, _ = optim.make_optimizer(OptimConfig(**sgd), abstract, total_steps=10, num_layers=3)
+    acc_tx, _ = optim.make_optimizer(OptimConfig(**sgd, grad_accum_steps=2), abstract,
+                                     total_steps=10, num_layers=3)
+    step = jax.jit(steps.classification_train_step)
+    start = tiny_state(config, big_tx)
+    big, big_metrics = step(start, batch, jax.random.key(0))
+    assert float(big_metrics["grad_norm"]) > 0.05  # clipping is active
+    acc = tiny_state(config, acc_tx)
+    for half in (slice(0, 8), slice(8, 16)):
+        acc, _ = step(acc, {k: v[half] for k, v in batch.items()}, jax.random.key(0))
+    moved = 0.0
+    for a, b, s in zip(jax.tree.leaves(big.params), jax.tree.leaves(acc.params),
+                       jax.tree.leaves(start.params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+        moved = max(moved, float(np.abs(np.asarray(a) - np.asarray(s)).max()))
+    assert moved > 1e-3  # the update is large enough for a sum-vs-mean mistake to show
+
+
+def test_weight_decay_mask_reaches_the_optimizer():
+    """With zero gradients AdamW's only change is weight decay: kernels and embeddings shrink,
+    biases and LayerNorm parameters do not."""
+    config = BertConfig(vocab_size=50, **TINY)
+    model = build(config, "classification")
+    tx, _ = optim.make_optimizer(OptimConfig(lr=0.1, warmup_ratio=0.0, schedule="constant",
+                                             weight_decay=0.5), hf.abstract_params(model),
+                                 total_steps=10, num_layers=3)
+    state = tiny_state(config, tx)
+    after = state.apply_gradients(grads=jax.tree.map(jnp.zeros_like, state.params))
+    before_flat = traverse_util.flatten_dict(jax.device_get(state.params))
+    after_flat = traverse_util.flatten_dict(jax.device_get(after.params))
+    for path, old in before_flat.items():
+        new = after_flat[path]
+        if path[-1] in ("bias", "scale"):
+            np.testing.assert_array_equal(new, old, err_msg="/".join(path))
+        else:
+            np.testing.assert_allclose(new, old * (1 - 0.1 * 0.5), rtol=1e-6, err_msg="/".join(path))
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_nonfinite_step_is_flagged_on_device_and_skipped_when_asked(real_batch, skip):
+    batch, vocab = real_batch
+    state = tiny_state(BertConfig(vocab_size=vocab, **TINY), optax.adam(1e-3))
+    bad = dict(batch, example_weight=batch["example_weight"].copy())
+    bad["example_weight"][0] = np.inf  # the loss becomes inf/NaN
+    step = jax.jit(steps.make_train_step(steps.CLASSIFICATION, skip_nonfinite=skip))
+    good_state, good_metrics = step(state, batch, jax.random.key(0))
+    assert float(good_metrics["nonfinite"]) == 0.0
+    new, metrics = step(state, bad, jax.random.key(0))
+    assert float(metrics["nonfinite"]) == 1.0
+    assert int(new.step) == int(state.step) + 1
+    params_finite = all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(new.params))
+    if skip:
+        for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)):
+            np.testing.assert_array_equal(a, b)
+        assert all(float(v) == 0.0 for k, v in metrics.items() if k != "nonfinite")
+        assert steps.summarize(jax.device_get(metrics))["nonfinite_steps"] == 1.0
+    else:
+        assert not params_finite  # the update went through: the loop must not save this state
