@@ -501,8 +501,9 @@ def pretrain_setup(cfg: Config) -> Setup:
         # Floors to read the scores against, recorded with every validation result: always the
         # most frequent training token at exactly the masked positions, and the NSP majority label.
         # The unigram floor counts every process's masks: a one-process batcher sees them all.
+        every_row = PretrainingBatcher(validation, batch_size=eval_batch, seed=t.seed)
         baselines = {"unigram_baseline": pt_data.unigram_baseline_accuracy(
-            train, PretrainingBatcher(validation, batch_size=eval_batch, seed=t.seed).eval_batches())}
+            train, every_row.eval_batches())}
         if d.nsp:
             baselines["nsp_baseline"] = pt_data.nsp_baseline_accuracy(validation)
         log.info("validation baselines: %s", ", ".join(f"{k}={v:.4f}" for k, v in baselines.items()))

@@ -53,7 +53,7 @@ def classification_inputs(tmp):
 
 
 def pretraining_inputs(tmp):
-    """(tokenizer, corpus path): every word once, documents of one-sentence lines, some wwm words."""
+    """(tokenizer, corpus path): documents of one-sentence lines; words used once, or pieces."""
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(3000)]
     vocab += [f"p{i}" for i in range(50)] + [f"##q{i}" for i in range(10)]
     tok = transformers.BertTokenizer(vocab={t: i for i, t in enumerate(vocab)})

@@ -138,7 +138,11 @@ def test_read_documents_from_hf_dataset_folder(tmp_path):
         ("missing.txt", None, r"missing\.txt does not exist"),
         ("empty.txt", "\n\n  \n", r"empty\.txt: no text"),
         ("one.txt", "just one sentence\n", r"one\.txt: .*one sentence.*next-sentence prediction"),
-        ("latin.txt", b"ok\ncaf\xe9\n", r"latin\.txt: not valid UTF-8: byte 0xe9 at offset 6 \(line 2\)"),
+        (
+            "latin.txt",
+            b"ok\ncaf\xe9\n",
+            r"latin\.txt: not valid UTF-8: byte 0xe9 at offset 6 \(line 2\)",
+        ),
     ],
 )
 def test_bad_corpus_raises_data_error_naming_it(tmp_path, tokenizer, name, content, match):

@@ -1,7 +1,7 @@
 """Batches for every task behind one interface: :class:`Batcher`.
 
     train = ClassificationBatcher(data.train, batch_size=32, seed=0, bucket_sizes=[32, 64, 128],
-                                  process_index=jax.process_index(), process_count=jax.process_count())
+                                  process_index=0, process_count=1)  # jax.process_index(), ...
     batch = train.train_batch(step)           # this process's rows of global batch `step`
     for batch in validation.eval_batches():   # every example once; validation.num_eval_batches
         ...
@@ -225,7 +225,8 @@ class PretrainingBatcher(Batcher):
     Batches hold int32 ``input_ids``, ``attention_mask``, ``token_type_ids`` [b, L];
     ``masked_positions``, ``masked_labels`` int32 and ``masked_weights`` float32 [b, P];
     ``nsp_labels`` int32 [b] (1: B is a random next); ``example_weight`` float32 [b];
-    evaluation batches also ``index``.
+    evaluation batches also ``index``. The corpus is read only through ``data.stream`` (flat
+    token ids, indexed by the instances' offsets): the seam for a memory-mapped token store.
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """Fine-tuning data: labelled text (or text pairs) → checked labels → tokenized splits.
 
     data = load_classification_data(cfg.data, tokenizer, max_positions=512)
-    train = ClassificationBatcher(data.train, batch_size=32, seed=0, bucket_sizes=cfg.data.bucket_sizes)
+    train = ClassificationBatcher(data.train, batch_size=32, seed=0, bucket_sizes=[32, 64, 128])
 
 Sources are tables (:mod:`jaxtl.data.tables`: local CSV/TSV/JSON/JSONL files, ``asset:`` names,
 or an HF ``datasets`` name or folder). Here their values are checked (non-empty texts; labels

@@ -13,7 +13,8 @@ that every batch is a pure function of ``(seed, step)``:
   one token at a time from the longer segment's front or back. Without NSP the token stream
   (documents joined by ``[SEP]``) is packed into full ``[CLS] ... [SEP]`` rows. An instance is
   four offsets into one token array, so an epoch of a large corpus costs little memory.
-* **Masking** is :mod:`jaxtl.data.masking`, **batches** :class:`jaxtl.data.batching.PretrainingBatcher`.
+* **Masking** is :mod:`jaxtl.data.masking`; **batches** are
+  :class:`jaxtl.data.batching.PretrainingBatcher`.
 
     train, val = load_pretraining_data(cfg.data, tokenizer, model_vocab_size=model_cfg.vocab_size)
     batches = PretrainingBatcher(train, batch_size=256, seed=0)
@@ -154,7 +155,6 @@ def _packed_instances(stream_len: int, cfg: PretrainDataConfig) -> Instances:
     lengths = np.minimum(width, stream_len - starts)
     zeros = np.zeros_like(starts)
     return Instances(starts, lengths, zeros, zeros, np.zeros(len(starts), dtype=bool))
-
 
 
 # ------------------------------------------------------------------------------ the data
@@ -301,7 +301,6 @@ def _as_documents(
         if sentences:
             documents.append(sentences)
     return documents
-
 
 
 def load_pretraining_data(

@@ -44,7 +44,7 @@ def local_path(name: str) -> Path:
 
 
 def corpus_files(names: list, what: str = "data.train_files") -> list[Path]:
-    """The files ``names`` (paths, globs, folders of ``*.txt``, ``asset:`` names) stand for, in order."""
+    """The files ``names`` stand for (paths, globs, folders of ``*.txt``, assets), in order."""
     files: list[Path] = []
     for name in names:
         name = str(name)
@@ -111,7 +111,7 @@ class HubDataset:
         self.name = f"{name}/{config}" if config else name
         try:
             self.splits = datasets.load_dataset(name, config)
-        except Exception as e:  # noqa: BLE001 - offline, unknown name, missing config: all "cannot load"
+        except Exception as e:  # noqa: BLE001 - offline, unknown name, no such config: all one way
             raise DataError(
                 f"could not load dataset {self.name!r} with HF datasets ({type(e).__name__}: {e}). "
                 f"Offline? Give local files instead: {local_hint}."

@@ -1,4 +1,4 @@
-"""Text corpora: files (paths, globs, folders) or an HF dataset's text column → documents of sentences.
+"""Text corpora: files (paths, globs, folders) or an HF dataset's text column → sentences.
 
     documents = read_documents(cfg.data)  # list[list[str]]: documents, each a list of sentences
 
