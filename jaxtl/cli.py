@@ -184,6 +184,7 @@ def _predict_all(cfg, model, params, tokenizer, path, batch_size, require_labels
     import numpy as np
 
     from jaxtl.data import classification as cls_data
+    from jaxtl.data.batching import ClassificationBatcher
     from jaxtl.errors import DataError
 
     labels = model.config.labels
@@ -200,9 +201,8 @@ def _predict_all(cfg, model, params, tokenizer, path, batch_size, require_labels
                            batch["token_type_ids"])["logits"]
 
     logits = np.zeros((len(split), model.config.num_labels), np.float32)
-    for batch in cls_data.eval_batches(split, batch_size=batch_size, bucket_sizes=cfg.data.bucket_sizes,
-                                       max_seq_length=cfg.data.max_seq_length,
-                                       pad_id=tokenizer.pad_token_id or 0):
+    batches = ClassificationBatcher(split, batch_size=batch_size, bucket_sizes=cfg.data.bucket_sizes)
+    for batch in batches.eval_batches():
         index = batch.pop("index")
         out = np.asarray(forward({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}))
         keep = index >= 0
