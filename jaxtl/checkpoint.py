@@ -156,8 +156,9 @@ class Checkpointer:
                 item_names=("state", "meta"),
             )
         except OSError as e:  # unreadable/forbidden folder, bucket unreachable
-            raise CheckpointError(f"cannot open checkpoint directory {self.directory}: "
-                                      f"{_one_line(e)}") from e
+            raise CheckpointError(
+                f"cannot open checkpoint directory {self.directory}: {_one_line(e)}"
+            ) from e
 
     @property
     def quarantine(self) -> epath.Path:
