@@ -283,3 +283,42 @@ def test_read_meta_newest_readable(tmp_path):
     CORRUPTIONS["broken meta JSON"](directory, 6)
     meta, step = Checkpointer(directory, read_only=True).read_meta()
     assert (step, meta["step"]) == (4, 4)
+
+
+# --- through today's train loop --------------------------------------------------------------
+
+
+def test_train_loop_resumes_past_a_corrupt_step_on_the_save_schedule(tmp_path, capsys):
+    """Issue 9: the newest checkpoint (step 8, on the save schedule) is corrupt. The rerun resumes
+    from step 4 and saves step 8 again; before, that save raised StepAlreadyExistsError on every
+    rerun. Runs jaxtl.train unchanged, on a tiny model (~1-2 min of CPU)."""
+    import transformers
+    import yaml
+    from helpers import make_tiny_checkpoint, make_tokenizer, sentiment_rows, write_csv
+
+    from jaxtl import config as config_lib, train
+
+    tok = make_tokenizer(tmp_path)
+    model = make_tiny_checkpoint(tmp_path, tok, cls=transformers.BertModel)
+    rows = sentiment_rows(64, seed=1)
+    raw = {
+        "task": "finetune",
+        "model": {"pretrained": str(model)},
+        "data": {"train_file": write_csv(tmp_path / "train.csv", ["sentence", "label"], rows),
+                 "max_seq_length": 32, "bucket_sizes": [32]},
+        "train": {"batch_size": 8, "max_steps": 8, "save_every": 4, "log_every": 4,
+                  "progress": False, "tensorboard": False},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    cfg = config_lib.load(tmp_path / "c.yaml")
+    workdir = tmp_path / "run"
+    train.run(cfg, workdir)
+    CORRUPTIONS["truncated array file"](workdir / "checkpoints", 8)
+    (workdir / "eval_results.json").unlink()
+
+    capsys.readouterr()
+    assert train.run(cfg, workdir)["step"] == 8
+    err = capsys.readouterr().err  # jaxtl's log handler writes to stderr and does not propagate
+    assert "checkpoints/8 is corrupt" in err and "resumed from step 4" in err
+    assert [p.name.split("-")[0] for p in (workdir / "checkpoints-corrupt").iterdir()] == ["8"]
+    assert reopen(workdir / "checkpoints").steps() == [4, 8]
