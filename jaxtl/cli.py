@@ -260,20 +260,13 @@ def _export(args) -> int:
     ckpt_dir = Path(args.workdir) / "checkpoints"
     if not ckpt_dir.is_dir():
         raise CheckpointError(f"{args.workdir} has no checkpoints/ folder")
-    ckpts = checkpoint.Checkpointer(ckpt_dir)
-    if args.best:
-        best = ckpts.read_meta(ckpts.latest_step()).get("best") if ckpts.latest_step() is not None else None
-        if not best:
-            raise CheckpointError(f"{ckpt_dir} records no best step (was there a validation set?)")
-        step = best["step"]
-    else:
-        step = args.step if args.step is not None else ckpts.latest_step()
-    if step is None:
-        raise CheckpointError(f"{ckpt_dir} holds no checkpoint")
-    if step not in ckpts.steps():
-        raise CheckpointError(f"{ckpt_dir} has no checkpoint of step {step}; it has {ckpts.steps()}")
-    model, tokenizer = tasks.model_from_meta(ckpts.read_meta(step))
-    params, _ = ckpts.restore_params(sharding.abstract_params(model), step=step)
+    ckpts = checkpoint.Checkpointer(ckpt_dir, read_only=True)
+    step = "best" if args.best else args.step  # None: the latest
+    found = ckpts.read_meta(step if isinstance(step, int) else None)
+    if found is None:
+        raise CheckpointError(f"{ckpt_dir} holds no readable checkpoint")
+    model, tokenizer = tasks.model_from_meta(found[0])  # the run's model, whatever step
+    params, step = ckpts.restore_params(sharding.abstract_params(model), step=step)
     hf.save(model, jax.device_get(params), args.out, tokenizer=tokenizer)
     print(f"exported step {step} of {args.workdir} to {args.out}", file=sys.stderr)
     return 0
