@@ -296,7 +296,7 @@ def test_train_loop_resumes_past_a_corrupt_step_on_the_save_schedule(tmp_path, c
     import yaml
     from helpers import make_tiny_checkpoint, make_tokenizer, sentiment_rows, write_csv
 
-    from jaxtl import config as config_lib, train
+    from jaxtl import config as config_lib, tasks
 
     tok = make_tokenizer(tmp_path)
     model = make_tiny_checkpoint(tmp_path, tok, cls=transformers.BertModel)
@@ -312,12 +312,12 @@ def test_train_loop_resumes_past_a_corrupt_step_on_the_save_schedule(tmp_path, c
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     cfg = config_lib.load(tmp_path / "c.yaml")
     workdir = tmp_path / "run"
-    train.run(cfg, workdir)
+    tasks.run(cfg, workdir)
     CORRUPTIONS["truncated array file"](workdir / "checkpoints", 8)
     (workdir / "eval_results.json").unlink()
 
     capsys.readouterr()
-    assert train.run(cfg, workdir)["step"] == 8
+    assert tasks.run(cfg, workdir)["step"] == 8
     err = capsys.readouterr().err  # jaxtl's log handler writes to stderr and does not propagate
     assert "checkpoints/8 is corrupt" in err and "resumed from step 4" in err
     assert [p.name.split("-")[0] for p in (workdir / "checkpoints-corrupt").iterdir()] == ["8"]
