@@ -106,9 +106,10 @@ def _init_distributed(args) -> None:
 
 
 def _run(args) -> int:
-    from jaxtl import config as config_lib, train
+    from jaxtl import config as config_lib
 
-    cfg = config_lib.load(args.config, args.overrides)
+    cfg = config_lib.load(args.config, args.overrides)  # before importing jax: bad configs fail fast
+    from jaxtl import train
     expected = {"finetune": "finetune", "pretrain": "pretrain"}[args.command]
     if cfg.task != expected:
         raise config_lib.ConfigError(
