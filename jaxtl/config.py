@@ -2,7 +2,11 @@
 
 A config has five sections — ``model``, ``data``, ``optim``, ``mesh``, ``train`` — and a ``task``
 (``finetune`` or ``pretrain``), which picks the data section's type. Every field is documented
-where it is defined. Unknown keys and impossible values raise :class:`ConfigError` naming the key.
+where it is defined. Values are checked against the field annotations at any depth (list items,
+mapping values, ``model.overrides`` against the architecture's own fields), then for range and
+for use: a value the task would never read is refused rather than silently ignored. Every
+problem raises one one-line :class:`ConfigError` naming the dotted key (``data.bucket_sizes[1]``,
+``mesh.rules.heads``) or the file. Nothing is ever ``eval``-ed.
 
     cfg = jaxtl.config.load("configs/demo_finetune.yaml", ["optim.lr=3e-5", "train.epochs=2"])
 """
@@ -203,6 +207,7 @@ JAXTL_ONLY_FIELDS = frozenset({"dtype", "param_dtype", "remat", "labels"})
 
 
 def architecture(family: str) -> Architecture:
+    """The architecture of ``model.family`` (imports that family's model code)."""
     if family not in ARCHITECTURES:
         raise ConfigError(f"model.family={_show(family)}: use one of {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[family]()
@@ -212,7 +217,8 @@ def _architecture_types(family: str) -> dict[str, Any]:
     """Field name -> annotated type of ``family``'s config, without the jaxtl-only fields."""
     cls = architecture(family).config_class
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in JAXTL_ONLY_FIELDS}
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in JAXTL_ONLY_FIELDS]
+    return {name: hints[name] for name in names}
 
 
 def architecture_fields(family: str) -> set[str]:
@@ -228,7 +234,8 @@ CHOICES = {
     "train.best_mode": ("max", "min"),
     "train.nonfinite": ("stop", "skip"),
 }
-# Seeds feed numpy generators (non-negative) and jax.random.key (32-bit here).
+# Seeds feed numpy generators (non-negative only) and jax.random.key, which keeps 32 bits with
+# x64 off: key(2**32) is key(0) again (checked with jax 0.10.2), and key(2**63) overflows.
 SEED_LIMIT = 2**32
 
 
@@ -253,7 +260,8 @@ def _join(prefix: str, name: Any) -> str:
 
 
 def _kind(value: Any) -> str:
-    kinds = {list: "a list", str: "a string", int: "an integer", float: "a number", bool: "true/false"}
+    kinds = {list: "a list", str: "a string", int: "an integer", float: "a number",
+             bool: "true/false"}
     return f"{kinds.get(type(value), type(value).__name__)} ({_show(value)})"
 
 
@@ -450,7 +458,8 @@ def from_dict(raw: Any) -> Config:
         raise ConfigError(f"config: expected a mapping at the top level, got {_kind(raw)}")
     for name in raw:
         if name != "task" and name not in SECTIONS:
-            raise ConfigError(_unknown(_join("", name), name, ["task", *SECTIONS], "valid top-level keys"))
+            valid = ["task", *SECTIONS]
+            raise ConfigError(_unknown(_join("", name), name, valid, "valid top-level keys"))
     task = raw.get("task", "finetune")
     if not isinstance(task, str) or task not in TASKS:
         raise ConfigError(f"task={_show(task)}: use one of {', '.join(TASKS)}")
@@ -475,6 +484,10 @@ def _one_line(text: Any) -> str:
 
 def _yaml_problem(error: Exception) -> str:
     """A PyYAML error on one line: what is wrong and where (its own message spans lines)."""
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    if not isinstance(error, yaml.YAMLError):  # 2020-13-01: YAML's date resolver took it
+        return f"{_one_line(error)} (quote values that look like dates)"
     problem = getattr(error, "problem", None) or getattr(error, "context", None) or error
     mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
     where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -500,7 +513,7 @@ def _set_dotted(raw: dict, assignment: Any) -> None:
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except _YAML_ERRORS as e:
-        text = text if text.isprintable() else _show(text)
+        text = text if text.isprintable() and len(text) <= 60 else _show(text)
         raise ConfigError(
             f"--set {shown}={text}: the value is not valid YAML: {_yaml_problem(e)}"
         ) from None
@@ -541,7 +554,9 @@ def _read_yaml(path: Path) -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path}: expected a mapping at the top level, got {_kind(raw)}")
+        raise ConfigError(
+            f"config file {path}: expected a mapping at the top level, got {_kind(raw)}"
+        )
     return raw
 
 
@@ -592,18 +607,13 @@ def _default(cls: type, name: str) -> Any:
     return cls.__dataclass_fields__[name].default
 
 
-def _unused_unless(section: Any, names: tuple[str, ...], condition: str) -> None:
-    """Refuse any of ``names`` set away from its default: ``condition`` (the only case that reads
-    it) does not hold, so the setting would silently do nothing."""
+def _unused_unless(prefix: str, section: Any, names: tuple[str, ...], condition: str) -> None:
+    """Refuse any of ``names`` set away from its default: only ``condition`` reads it, and it does
+    not hold, so the setting would silently do nothing."""
     for name in names:
         value = getattr(section, name)
         if value != _default(type(section), name):
-            raise ConfigError(f"{_prefix(section)}.{name}={_show(value)} is only used {condition}")
-
-
-def _prefix(section: Any) -> str:
-    return {ModelConfig: "model", FinetuneDataConfig: "data", PretrainDataConfig: "data",
-            OptimConfig: "optim", MeshConfig: "mesh", TrainConfig: "train"}[type(section)]
+            raise ConfigError(f"{prefix}.{name}={_show(value)} is only used {condition}")
 
 
 def validate(cfg: Config) -> None:
@@ -626,12 +636,12 @@ def _validate_model(task: str, m: ModelConfig) -> None:
     if task == "finetune":
         if m.pretrained is None:
             raise ConfigError("fine-tuning needs model.pretrained (an HF folder, hub id or asset:)")
-        _unused_unless(m, ("size", "family"), from_scratch)
+        _unused_unless("model", m, ("size", "family"), from_scratch)
         if m.overrides:
             names = ", ".join(_join("", name) for name in m.overrides)
             raise ConfigError(
-                f"model.overrides ({names}) is only used by `task: pretrain`; fine-tuning takes the "
-                "architecture from model.pretrained (dropout: model.hidden_dropout_prob, ...)"
+                f"model.overrides ({names}) is only used by `task: pretrain`; fine-tuning takes "
+                "the architecture from model.pretrained (dropout: model.hidden_dropout_prob, ...)"
             )
         return
     if m.pretrained is not None:
@@ -640,7 +650,7 @@ def _validate_model(task: str, m: ModelConfig) -> None:
                 f"model.pretrained and model.size={_show(m.size)} contradict each other: continue "
                 "pretraining model.pretrained (its own size), or pretrain a model.size from scratch"
             )
-        _unused_unless(m, ("family",), from_scratch)
+        _unused_unless("model", m, ("family",), from_scratch)
         return
     if m.size is None:
         raise ConfigError("set model.pretrained (continue from a checkpoint) or model.size")
@@ -671,8 +681,8 @@ def _validate_finetune_data(d: FinetuneDataConfig) -> None:
     if d.dataset is not None and d.train_file is not None:
         raise ConfigError("set either data.train_file or data.dataset, not both")
     if d.dataset is None:
-        _unused_unless(d, ("dataset_config", "train_split", "validation_split", "test_split"),
-                       "with data.dataset")
+        hub_only = ("dataset_config", "train_split", "validation_split", "test_split")
+        _unused_unless("data", d, hub_only, "with data.dataset")
     for split in ("validation", "test"):
         fraction = getattr(d, f"{split}_fraction")
         if getattr(d, f"{split}_file") is not None and fraction > 0:
@@ -681,7 +691,7 @@ def _validate_finetune_data(d: FinetuneDataConfig) -> None:
             )
     if d.labels is not None:
         if d.regression:
-            raise ConfigError("data.labels is not used with data.regression: true (one numeric output)")
+            raise ConfigError("data.labels is not used with data.regression: true (one output)")
         names = [str(label).strip() for label in d.labels]
         if len(names) < 2:
             raise ConfigError(
@@ -712,9 +722,10 @@ def _validate_pretrain_data(d: PretrainDataConfig) -> None:
     if d.train_files and d.dataset is not None:
         raise ConfigError("set either data.train_files or data.dataset, not both")
     if d.dataset is None:
-        _unused_unless(d, ("dataset_config", "train_split", "text_column"), "with data.dataset")
+        hub_only = ("dataset_config", "train_split", "text_column")
+        _unused_unless("data", d, hub_only, "with data.dataset")
     if not d.nsp:
-        _unused_unless(d, ("short_seq_prob",), "with data.nsp: true")
+        _unused_unless("data", d, ("short_seq_prob",), "with data.nsp: true")
 
 
 def _validate_optim(o: OptimConfig) -> None:
@@ -723,7 +734,7 @@ def _validate_optim(o: OptimConfig) -> None:
     _at_least("optim.warmup_steps", o.warmup_steps)
     _within("optim.end_lr_ratio", o.end_lr_ratio, 0, 1, high_open=False)
     if o.schedule == "constant":
-        _unused_unless(o, ("end_lr_ratio",), "with optim.schedule: linear or cosine")
+        _unused_unless("optim", o, ("end_lr_ratio",), "with optim.schedule: linear or cosine")
     _at_least("optim.weight_decay", o.weight_decay)
     _within("optim.b1", o.b1, 0, 1)
     _within("optim.b2", o.b2, 0, 1)
