@@ -436,8 +436,10 @@ def _architecture_overrides(model: ModelConfig) -> dict[str, Any]:
         # dropout rates are probabilities, other floats (epsilons, init ranges) are scales.
         if isinstance(value, bool) or value is None:
             continue
-        if isinstance(value, int):
-            (_at_least if name.endswith("_id") else _positive)(key, value)
+        if isinstance(value, int) and name.endswith("_id"):
+            _at_least(key, value)
+        elif isinstance(value, int):
+            _positive(key, value)
         elif isinstance(value, float):
             if "dropout" in name:
                 _within(key, value, 0, 1)
@@ -465,6 +467,8 @@ def from_dict(raw: Any) -> Config:
         raise ConfigError(f"task={_show(task)}: use one of {', '.join(TASKS)}")
     model = _build(ModelConfig, raw.get("model"), "model")
     if task == "pretrain" and model.overrides:
+        # Also when continuing model.pretrained: its family is model.family's (the default, bert,
+        # while BERT checkpoints are the ones jaxtl loads). Fine-tuning refuses overrides below.
         model = dataclasses.replace(model, overrides=_architecture_overrides(model))
     cfg = Config(
         task=task,

@@ -300,3 +300,29 @@ def test_cli_names_the_bad_key(tmp_path, text, key):
     assert key in lines[0] and "bad.yaml" in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_a_new_family_is_one_registry_entry(tmp_path, monkeypatch):
+    import dataclasses as dc
+
+    @dc.dataclass(frozen=True)
+    class TinyConfig:
+        dim: int = 8
+        dropout: float = 0.1
+        dtype: str = "float32"
+
+    sizes = {"small": {"dim": 16}}
+    monkeypatch.setitem(C.ARCHITECTURES, "toy", lambda: C.Architecture(
+        TinyConfig, lambda size, **kw: TinyConfig(**{**sizes[size], **kw}), tuple(sizes)))
+    assert C.architecture_fields("toy") == {"dim", "dropout"}
+    toy = ["model.family=toy", "model.size=small"]
+    cfg = load_with(tmp_path, PRETRAIN, toy + ["model.overrides.dim=32"])
+    assert cfg.model.family == "toy" and cfg.model.overrides == {"dim": 32}
+    assert_refused(tmp_path, PRETRAIN, toy + ["model.overrides.hidden_size=32"],
+                   "unknown config key 'model.overrides.hidden_size' (fields of a toy model: dim, dropout)")
+    assert_refused(tmp_path, PRETRAIN, toy + ["model.overrides.dropout=1"],
+                   "model.overrides.dropout=1.0 must be in [0, 1)")
+    assert_refused(tmp_path, PRETRAIN, ["model.family=toy", "model.size=tiny"],
+                   "model.size='tiny': use one of small (sizes of a toy model)")
+    assert_refused(tmp_path, FINETUNE, ["model.family=toy"],
+                   "model.family='toy' is only used by `task: pretrain` from scratch")
