@@ -136,9 +136,11 @@ def _init_distributed(args) -> None:
 
 
 def _run(args) -> int:
-    from jaxtl import config as config_lib, tasks
+    from jaxtl import config as config_lib
 
-    cfg = config_lib.load(args.config, args.overrides)
+    cfg = config_lib.load(args.config, args.overrides)  # before importing jax: bad configs fail fast
+    from jaxtl import tasks
+
     if cfg.task != args.command:
         raise config_lib.ConfigError(
             f"{args.config} is a task={cfg.task!r} config; use `jaxtl {cfg.task}`"
