@@ -154,7 +154,9 @@ def test_nan_stops_the_run_without_checkpointing_it(assets, tmp_path, capsys):
     assert code == 3, err
     assert "non-finite" in err
     ckpts = [int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit()]
-    failing_step = int(err.split(" at step ")[1].split(";")[0])
+    import re
+
+    failing_step = int(re.search(r"non-finite .* by step (\d+);", err).group(1))
     assert all(step < failing_step for step in ckpts)
 
 
