@@ -170,6 +170,11 @@ def pretrain_setup(cfg: Config) -> Setup:
         family = families.get(m.family)
         base = family.preset(m.size, **{"vocab_size": len(tokenizer), **dict(m.overrides)})
     _check_vocab(tokenizer, base, str(tokenizer_folder))
+    if d.nsp and "nsp_logits" not in family.pretraining_outputs:
+        raise ConfigError(
+            f"data.nsp is true but {family.name}'s pretraining head has no next-sentence "
+            "prediction (it predicts masked tokens only); set data.nsp: false"
+        )
     if d.max_seq_length > base.max_position_embeddings:
         raise ConfigError(
             f"data.max_seq_length={d.max_seq_length} exceeds the model's "

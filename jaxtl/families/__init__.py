@@ -17,7 +17,7 @@ from typing import Any, Callable
 from jaxtl.errors import ConfigError
 
 # Family modules, imported on first use of the registry.
-FAMILY_MODULES = ("bert",)
+FAMILY_MODULES = ("bert", "distilbert")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,9 @@ class FamilySpec:
     ignored: tuple[str, ...] = ()
     # Published sizes for from-scratch models: name -> architecture overrides.
     presets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # What the "pretraining" head returns: BERT's has an NSP head, MLM-only families (DistilBERT,
+    # RoBERTa, ...) return just mlm_logits, and pretraining them needs data.nsp: false.
+    pretraining_outputs: tuple[str, ...] = ("mlm_logits", "nsp_logits")
 
     @property
     def heads(self) -> tuple[str | None, ...]:
