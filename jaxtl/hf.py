@@ -208,13 +208,19 @@ def convert_state_dict(
     unexpected = sorted(n for n in by_name if n not in dropped)
     problems = []
     if mismatched:
-        problems.append("weights of the wrong shape:\n  " + "\n  ".join(mismatched))
+        problems.append(("weights of the wrong shape", mismatched))
     if missing:
-        problems.append("missing weights:\n  " + "\n  ".join(missing))
+        problems.append(("missing weights", missing))
     if unexpected:
-        problems.append("unexpected weights:\n  " + "\n  ".join(unexpected))
+        problems.append(("unexpected weights", unexpected))
     if problems:
-        raise CheckpointError(f"{source} does not match the model config:\n" + "\n".join(problems))
+        # The first line names the first culprit; the full lists follow, indented.
+        what, names = problems[0]
+        count = sum(len(n) for _, n in problems)
+        first = f"{source} does not match the model config: {what}: {names[0]}" + (
+            f" (and {count - 1} more)" if count > 1 else "")
+        details = "".join(f"\n  {w}:\n    " + "\n    ".join(n) for w, n in problems)
+        raise CheckpointError(first + details)
     return loaded, new_heads, dropped
 
 
