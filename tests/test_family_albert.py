@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +30,8 @@ import torch
 import transformers
 import yaml
 from flax import traverse_util
+from flax.training.train_state import TrainState
+from jax.sharding import PartitionSpec as P
 from helpers import make_tokenizer, read_metrics, sentiment_rows, write_csv
 from test_hf_parity import (
     FORWARD_TOL, assert_close, assert_grads_close, hf_grads, jax_apply, jax_grads_as_hf,
@@ -391,31 +394,45 @@ def test_one_step_on_2x2x2_mesh_matches_one_device(make_case):
     case = make_case("grouped")
     model, params = jaxtl.hf.load(case["root"] / "pretraining", head="pretraining")
     rng = np.random.default_rng(0)
-    B, L, P = 8, 12, 4
+    B, L, num_masked = 8, 12, 4
     lengths = rng.integers(6, L + 1, B)
     mask = (np.arange(L)[None] < lengths[:, None]).astype(np.int32)
     batch = {
         "input_ids": (rng.integers(5, 64, (B, L)) * mask).astype(np.int32),
         "attention_mask": mask,
         "token_type_ids": ((np.arange(L)[None] >= lengths[:, None] // 2) * mask).astype(np.int32),
-        "masked_positions": np.stack([rng.choice(np.arange(1, n), P, replace=False) for n in lengths]).astype(np.int32),
-        "masked_labels": rng.integers(5, 64, (B, P)).astype(np.int32),
+        "masked_positions": np.stack([rng.choice(np.arange(1, n), num_masked, replace=False) for n in lengths]).astype(np.int32),
+        "masked_labels": rng.integers(5, 64, (B, num_masked)).astype(np.int32),
         "masked_weights": np.tile(np.array([1, 1, 1, 0], np.float32), (B, 1)),
         "sop_labels": rng.integers(0, 2, B).astype(np.int32),
         "example_weight": np.ones(B, np.float32),
     }
     tx, _ = optim.make_optimizer(OptimConfig(lr=1e-3, schedule="constant", warmup_steps=0, max_grad_norm=1.0),
                                  params, total_steps=1, num_layers=model.config.num_hidden_layers)
-    pretrained = {p: np.asarray(v) for p, v in traverse_util.flatten_dict(params).items()}
+    host_state = jax.device_get(TrainState.create(apply_fn=model.apply, params=params, tx=tx))
+    host_state = host_state.replace(step=np.zeros((), np.int32))
     results = {}
     for shape in [(1, 1, 1), (2, 2, 2)]:
         mesh = sharding.make_mesh(MeshConfig(data=shape[0], fsdp=shape[1], tensor=shape[2]),
                                   devices=jax.devices()[: int(np.prod(shape))])
         rules = sharding.DEFAULT_RULES
-        state, shardings = sharding.create_train_state(model, tx, mesh, rules, rng=jax.random.key(0),
-                                                       pretrained=pretrained)
-        step = sharding.compile_step(steps.make_train_step(steps.PRETRAINING_SOP), mesh, rules, shardings)
-        state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.key(1))
+        # The shardings create_train_state gives, without compiling an initialiser.
+        with sharding.activate(mesh, rules):
+            boxed = jax.eval_shape(sharding.model_init_fn(model), jax.random.key(0))
+        p_shardings = sharding.param_shardings(boxed, mesh, rules)
+        shardings = host_state.replace(
+            step=sharding.replicated(mesh), params=p_shardings,
+            opt_state=sharding.opt_state_shardings(tx, nn.unbox(boxed), p_shardings, mesh))
+        state = jax.device_put(host_state, shardings)
+        run = sharding.compile_step(steps.make_train_step(steps.PRETRAINING_SOP), mesh, rules, shardings)
+        global_batch = sharding.global_batch(batch, mesh)
+        with sharding.activate(mesh, rules):  # XLA's CPU optimisations off: half the compile time
+            step = run.jitted.lower(state, global_batch, jax.random.key(1)).compile(
+                compiler_options={"xla_backend_optimization_level": 0})
+            state, metrics = step(state, global_batch, jax.random.key(1))
+        if shape == (2, 2, 2):  # the state really is split over the mesh
+            word = state.params["albert"]["embeddings"]["word_embeddings"]["embedding"]
+            assert word.sharding.spec == P("tensor", "fsdp")
         results[shape] = (steps.summarize(jax.device_get(metrics)), jax.device_get(state.params))
     (one, one_params), (many, many_params) = results[(1, 1, 1)], results[(2, 2, 2)]
     print(f"PARITY albert 2x2x2 vs 1x1x1: loss {one['loss']:.6f} vs {many['loss']:.6f}")
@@ -452,8 +469,11 @@ def test_cli_finetune_lowers_the_loss(cli_assets, tmp_path):
     raw = {
         "task": "finetune", "model": {"pretrained": str(cli_assets["ckpt"])},
         "data": {"train_file": cli_assets["train"], "max_seq_length": 32, "bucket_sizes": [32]},
-        "optim": {"lr": 3e-3, "warmup_ratio": 0.1},
-        "train": {"batch_size": 16, "epochs": 2, "log_every": 5, "seed": 0, "progress": False,
+        # A tiny ALBERT at HF's init sits at ln 2 for ~35 steps before it learns (HF PyTorch
+        # does the same: 0.69 until step ~30 at a constant 3e-3, then 0.05 by step 50), so:
+        # a constant rate and 60 steps.
+        "optim": {"lr": 3e-3, "schedule": "constant", "warmup_steps": 0},
+        "train": {"batch_size": 16, "epochs": 6, "log_every": 5, "seed": 0, "progress": False,
                   "tensorboard": False},
     }
     config = tmp_path / "c.yaml"
@@ -462,7 +482,7 @@ def test_cli_finetune_lowers_the_loss(cli_assets, tmp_path):
     assert cli.main(["finetune", "--config", str(config), "--workdir", str(workdir)]) == 0
     losses = [r["loss"] for r in read_metrics(workdir) if r["split"] == "train"]
     print(f"ALBERT finetune train losses: {[round(x, 3) for x in losses]}")
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.5 * losses[0], losses
     exported = transformers.AlbertForSequenceClassification.from_pretrained(workdir / "final")
     assert exported.config.id2label == {0: "negative", 1: "positive"}
 
