@@ -346,6 +346,8 @@ def test_bare_and_masked_lm_checkpoints_into_heads(make_case, tmp_path, jaxtl_lo
         model, params = jaxtl.hf.load(bare, head=head)
         line = new_weights_line(jaxtl_log)
         assert all(n in line for n in new) and "albert.encoder" not in line, line
+        if head == "classification":  # the same trunk weights: computed once (pretraining) is enough
+            continue
         out = jax_apply(albert_family.AlbertModel(model.config), {"albert": params["albert"]}, batch)
         assert_close(out["last_hidden_state"], want.last_hidden_state, FORWARD_TOL, f"bare -> {head}")
         assert_close(out["pooler_output"], want.pooler_output, FORWARD_TOL, f"bare -> {head} pooler")
