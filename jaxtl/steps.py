@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
+from jaxtl.errors import ConfigError
+
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
@@ -73,6 +75,11 @@ def pretraining_loss(outputs: dict, batch: Batch, *, nsp: bool = True) -> tuple[
     }
     loss = metrics["mlm_loss_sum"] / jnp.maximum(metrics["mlm_count"], 1.0)
     if nsp:
+        if "nsp_logits" not in outputs:  # e.g. ALBERT, whose second head predicts sentence order
+            raise ConfigError(
+                "this model's pretraining head has no next-sentence output (it gives "
+                f"{', '.join(sorted(outputs))}); set data.nsp: false to pretrain with masked LM only"
+            )
         nsp_logits = outputs["nsp_logits"].astype(jnp.float32)
         nsp_labels_B = batch["nsp_labels"].astype(jnp.int32)
         nsp_ce_B = optax.softmax_cross_entropy_with_integer_labels(nsp_logits, nsp_labels_B)
@@ -80,6 +87,24 @@ def pretraining_loss(outputs: dict, batch: Batch, *, nsp: bool = True) -> tuple[
         metrics["nsp_correct"] = ((nsp_logits.argmax(-1) == nsp_labels_B) * weight_B).sum()
         loss = loss + metrics["nsp_loss_sum"] / jnp.maximum(metrics["count"], 1.0)
     return loss, metrics
+
+
+def sop_pretraining_loss(outputs: dict, batch: Batch) -> tuple[jax.Array, Metrics]:
+    """Masked-LM cross-entropy (as :func:`pretraining_loss`) plus ALBERT's sentence-order
+    prediction cross-entropy: HF ``AlbertForPreTraining``'s sum of the two means.
+
+    ``outputs["sop_logits"] [B, 2]`` against ``batch["sop_labels"] [B]`` (0 = the two segments
+    in their original order, 1 = swapped), weighted by ``batch["example_weight"] [B]``; the
+    masked-LM keys as in :func:`pretraining_loss`.
+    """
+    loss, metrics = pretraining_loss(outputs, batch, nsp=False)
+    weight_B = batch["example_weight"].astype(jnp.float32)
+    sop_logits = outputs["sop_logits"].astype(jnp.float32)
+    sop_labels_B = batch["sop_labels"].astype(jnp.int32)
+    sop_ce_B = optax.softmax_cross_entropy_with_integer_labels(sop_logits, sop_labels_B)
+    metrics["sop_loss_sum"] = (sop_ce_B * weight_B).sum()
+    metrics["sop_correct"] = ((sop_logits.argmax(-1) == sop_labels_B) * weight_B).sum()
+    return loss + metrics["sop_loss_sum"] / jnp.maximum(metrics["count"], 1.0), metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +133,8 @@ PRETRAINING = Task("pretraining", pretraining_loss, extra_inputs=("masked_positi
 PRETRAINING_MLM_ONLY = Task(
     "pretraining_mlm", functools.partial(pretraining_loss, nsp=False), extra_inputs=("masked_positions",)
 )
+# ALBERT's pretraining: masked LM + sentence-order prediction (batches need "sop_labels").
+PRETRAINING_SOP = Task("pretraining_sop", sop_pretraining_loss, extra_inputs=("masked_positions",))
 
 
 def make_train_step(task: Task, *, axis_name: str | None = None, skip_nonfinite: bool = False):
@@ -178,7 +205,8 @@ pretraining_eval_step = make_eval_step(PRETRAINING)
 
 
 def summarize(sums: dict[str, Any]) -> dict[str, float]:
-    """Metric sums -> means: loss, accuracy, mlm_loss, mlm_accuracy, perplexity, nsp_accuracy."""
+    """Metric sums -> means: loss, accuracy, mlm_loss, mlm_accuracy, perplexity, nsp_accuracy,
+    sop_accuracy."""
     import math
 
     s = {k: float(v) for k, v in sums.items()}
@@ -198,6 +226,10 @@ def summarize(sums: dict[str, Any]) -> dict[str, float]:
             out["nsp_loss"] = s["nsp_loss_sum"] / count
             out["nsp_accuracy"] = s["nsp_correct"] / count
             out["loss"] += out["nsp_loss"]
+        if "sop_loss_sum" in s:
+            out["sop_loss"] = s["sop_loss_sum"] / count
+            out["sop_accuracy"] = s["sop_correct"] / count
+            out["loss"] += out["sop_loss"]
     if "grad_norm" in s and "steps" in s:
         out["grad_norm"] = s["grad_norm"] / max(s["steps"], 1.0)
     if s.get("nonfinite"):

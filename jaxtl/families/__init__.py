@@ -17,7 +17,7 @@ from typing import Any, Callable
 from jaxtl.errors import ConfigError
 
 # Family modules, imported on first use of the registry.
-FAMILY_MODULES = ("bert", "distilbert")
+FAMILY_MODULES = ("bert", "albert", "distilbert")
 
 
 @dataclasses.dataclass(frozen=True)
