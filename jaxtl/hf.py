@@ -197,8 +197,10 @@ def convert_state_dict(
             mismatched.append(f"{name}: checkpoint has shape {stored.shape}, model expects {expected}")
             continue
         loaded[path] = value.astype(target.dtype)
-    dropped = sorted(n for n in by_name if is_head(n))
-    unexpected = sorted(n for n in by_name if not is_head(n))
+    # Leftover optional trunk weights (a pooler the model has none of) are dropped like heads.
+    is_extra = lambda name: is_head(name) or name.startswith(spec.optional_prefixes)  # noqa: E731
+    dropped = sorted(n for n in by_name if is_extra(n))
+    unexpected = sorted(n for n in by_name if not is_extra(n))
     problems = []
     if mismatched:
         problems.append("weights of the wrong shape:\n  " + "\n  ".join(mismatched))
@@ -282,7 +284,7 @@ def pretrained_weights(
         read_state_dict(folder), abstract_params(model), spec, source=str(folder)
     )
     if dropped:
-        log.info("not used by this head (another head's weights): %s", ", ".join(dropped))
+        log.info("not used by this model (another head's weights, or a pooler it has none of): %s", ", ".join(dropped))
     if missing_heads:
         if not new_heads:
             raise CheckpointError(
@@ -392,7 +394,7 @@ def save(model: nn.Module, params: Any, out_dir: str | os.PathLike, tokenizer=No
     check_finite(params, f"{out}")
     out.mkdir(parents=True, exist_ok=True)
     hf_config = model.config.to_hf()
-    hf_config["architectures"] = [spec.architecture(head)]
+    hf_config["architectures"] = [spec.architecture(head, hf_config["model_type"])]
     hf_config["torch_dtype"] = "float32"
     if head == "classification" and model.config.num_labels == 1:
         hf_config["problem_type"] = "regression"

@@ -86,6 +86,12 @@ def model_from_meta(meta: dict):
     return spec.build(config, meta["head"]), hf.tokenizer(meta["tokenizer"])
 
 
+def _output_keys(model) -> set[str]:
+    """What ``model`` returns (traced on a dummy row; nothing is computed)."""
+    ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
+    return set(jax.eval_shape(lambda rng: model.init_with_output(rng, ids)[0], jax.random.key(0)))
+
+
 def _exporter(model, tokenizer):
     return lambda params, out: hf.save(model, params, out, tokenizer=tokenizer)
 
@@ -178,6 +184,9 @@ def pretrain_setup(cfg: Config) -> Setup:
     config = _model_config(cfg, base)
     head = "pretraining"
     model = family.build(config, head)
+    if d.nsp and "nsp_logits" not in _output_keys(model):
+        raise ConfigError(f"data.nsp is true but {family.name} models have no next-sentence "
+                          "head; set data.nsp: false (masked LM only)")
     pretrained = hf.pretrained_weights(folder, model) if folder is not None else None
     train_data, validation = pt_data.load_pretraining_data(d, tokenizer, model_vocab_size=config.vocab_size)
     accum = cfg.optim.grad_accum_steps

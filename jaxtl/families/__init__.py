@@ -17,7 +17,7 @@ from typing import Any, Callable
 from jaxtl.errors import ConfigError
 
 # Family modules, imported on first use of the registry.
-FAMILY_MODULES = ("bert",)
+FAMILY_MODULES = ("bert", "roberta")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,10 @@ class FamilySpec:
     ignored: tuple[str, ...] = ()
     # Published sizes for from-scratch models: name -> architecture overrides.
     presets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # A family serving several model_types whose HF classes are named apart (RoBERTa: XLMRoberta*,
+    # Camembert*): model_type -> head -> HF architecture name, where it differs from `models`'.
+    architectures_by_model_type: dict[str, dict[str | None, str]] = dataclasses.field(
+        default_factory=dict)
 
     @property
     def heads(self) -> tuple[str | None, ...]:
@@ -57,8 +61,9 @@ class FamilySpec:
             )
         return self.models[head][0](config)
 
-    def architecture(self, head: str | None) -> str:
-        return self.models[head][1]
+    def architecture(self, head: str | None, model_type: str | None = None) -> str:
+        """The HF class name of ``head`` (for ``model_type``, when the family serves several)."""
+        return self.architectures_by_model_type.get(model_type, {}).get(head, self.models[head][1])
 
     def head_of(self, model) -> str | None:
         for head, (cls, _) in self.models.items():
@@ -144,4 +149,8 @@ def for_architecture(architecture: str) -> tuple[FamilySpec, str | None] | None:
         for head, (_, arch) in spec.models.items():
             if arch == architecture:
                 return spec, head
+        for by_head in spec.architectures_by_model_type.values():
+            for head, arch in by_head.items():
+                if arch == architecture:
+                    return spec, head
     return None
