@@ -67,7 +67,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         return Path(
             snapshot_download(
                 text,
-                allow_patterns=["*.json", "*.safetensors", "pytorch_model.bin", "vocab.txt", "*.model"],
+                allow_patterns=["*.json", "*.safetensors", "pytorch_model.bin", "vocab.txt", "*.model",
+                                "merges.txt"],
             )
         )
     except Exception as e:  # offline, unknown repo, gated repo, ...
@@ -284,7 +285,8 @@ def pretrained_weights(
         read_state_dict(folder), abstract_params(model), spec, source=str(folder)
     )
     if dropped:
-        log.info("not used by this model (another head's weights, or a pooler it has none of): %s", ", ".join(dropped))
+        log.info("not used by this model (another head's weights, or a pooler it has none of): %s",
+                 ", ".join(dropped))
     if missing_heads:
         if not new_heads:
             raise CheckpointError(

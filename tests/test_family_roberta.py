@@ -419,9 +419,12 @@ def test_unsupported_configs_are_refused(make_case, tmp_path):
 # ------------------------------------------------------------------------------------ 5. sharding
 
 
-@pytest.mark.parametrize("head", ["pretraining", "classification"])
-def test_one_step_on_2x2x2_mesh_matches_one_device(head):
-    """One Adam step on data x fsdp x tensor = 2x2x2 gives the loss and metrics of one device."""
+# Masked LM: its tied decoder is where XLA once partitioned a backward pass wrongly (see
+# bert.tied_decoder); the classification trunk is BERT's, covered by tests/test_sharding.py.
+@pytest.mark.parametrize("head", ["pretraining"])
+def test_two_steps_on_2x2x2_mesh_match_one_device(head):
+    """Two Adam steps on data x fsdp x tensor = 2x2x2 give the losses, metrics and parameters
+    of one device."""
     config = roberta.RobertaConfig(**{**TINY, "max_position_embeddings": 40}, hidden_dropout_prob=0.0,
                                    attention_probs_dropout_prob=0.0, labels=("a", "b", "c"))
     model = families.build(config, head)
@@ -451,11 +454,16 @@ def test_one_step_on_2x2x2_mesh_matches_one_device(head):
                                      params, total_steps=2, num_layers=config.num_hidden_layers)
         state, shardings = sharding.create_train_state(model, tx, mesh, rules, rng=jax.random.key(0),
                                                        pretrained=pretrained)
-        step = sharding.compile_step(steps.make_train_step(task), mesh, rules, shardings)
+        run = sharding.compile_step(steps.make_train_step(task), mesh, rules, shardings)
+        global_batch = sharding.global_batch(batch, mesh)
         metrics = []
-        for _ in range(2):
-            state, m = step(state, sharding.global_batch(batch, mesh), jax.random.key(1))
-            metrics.append(steps.summarize(jax.device_get(m)))
+        with sharding.activate(mesh, rules):
+            # XLA's CPU optimisations off halve the compile time; the partitioning is unchanged.
+            step = run.jitted.lower(state, global_batch, jax.random.key(1)).compile(
+                compiler_options={"xla_backend_optimization_level": 0})
+            for _ in range(2):
+                state, m = step(state, global_batch, jax.random.key(1))
+                metrics.append(steps.summarize(jax.device_get(m)))
         results[name] = (metrics, jax.device_get(state.params))
     (ref_metrics, ref_params), (got_metrics, got_params) = results["1x1x1"], results["2x2x2"]
     for ref, got in zip(ref_metrics, got_metrics):
