@@ -622,3 +622,22 @@ def test_cli_pretrain_with_nsp_is_refused(cli_assets, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "data.nsp" in proc.stderr and "roberta" in proc.stderr, proc.stderr
+
+
+def test_cli_sequence_longer_than_positions_is_refused(cli_assets, tmp_path):
+    """66 positions with pad id 1 hold 64 tokens: data.max_seq_length 65 passes the data check
+    (which reads max_position_embeddings) but the model refuses it with one clear line."""
+    config = write_config(tmp_path / "c.yaml", {
+        "task": "finetune", "model": {"pretrained": str(cli_assets["ckpt"])},
+        "data": {"train_file": cli_assets["train"], "max_seq_length": 65, "bucket_sizes": [65]},
+        "train": {"batch_size": 16, "max_steps": 1, "progress": False, "tensorboard": False},
+    })
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxtl.cli", "finetune", "--config", config,
+         "--workdir", str(tmp_path / "run")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "sequence length 65 exceeds the 64 tokens" in proc.stderr
+    assert "data.max_seq_length to 64" in proc.stderr
