@@ -641,3 +641,29 @@ def test_cli_sequence_longer_than_positions_is_refused(cli_assets, tmp_path):
     assert "Traceback" not in proc.stderr
     assert "sequence length 65 exceeds the 64 tokens" in proc.stderr
     assert "data.max_seq_length to 64" in proc.stderr
+
+
+def test_from_scratch_roberta_takes_the_tokenizers_pad_id(tmp_path):
+    """A from-scratch RoBERTa (model.family: roberta) counts positions around the tokenizer's pad
+    id (0 for this WordPiece tokenizer), not RoBERTa's default 1."""
+    from helpers import make_tokenizer
+
+    from jaxtl import config as config_lib, tasks
+
+    tok = make_tokenizer(tmp_path)
+    assert tok.pad_token_id == 0
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the movie was good.\nit was a bad film.\n\nthe king and the queen.\n")
+    path = write_config(tmp_path / "c.yaml", {
+        "task": "pretrain",
+        "model": {"family": "roberta", "size": "base", "tokenizer": str(tmp_path / "tokenizer"),
+                  "overrides": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
+                                "intermediate_size": 64, "max_position_embeddings": 34}},
+        "data": {"train_files": [str(corpus)], "max_seq_length": 32, "nsp": False,
+                 "validation_fraction": 0.0},
+        "train": {"batch_size": 8, "max_steps": 1, "progress": False, "tensorboard": False},
+    })
+    setup = tasks.setup_for(config_lib.load(path))
+    assert isinstance(setup.model, roberta.RobertaForMaskedLM)
+    assert setup.model.config.pad_token_id == 0
+    assert setup.model.config.vocab_size == len(tok)
