@@ -67,7 +67,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         return Path(
             snapshot_download(
                 text,
-                allow_patterns=["*.json", "*.safetensors", "pytorch_model.bin", "vocab.txt", "*.model"],
+                allow_patterns=["*.json", "*.safetensors", "pytorch_model.bin", "vocab.txt", "*.model",
+                                "merges.txt"],
             )
         )
     except Exception as e:  # offline, unknown repo, gated repo, ...
@@ -295,7 +296,8 @@ def pretrained_weights(
         read_state_dict(folder), abstract_params(model), spec, source=str(folder)
     )
     if dropped:
-        log.info("not used by this head (another head's weights): %s", ", ".join(dropped))
+        log.info("not used by this model (another head's weights, or a pooler it has none of): %s",
+                 ", ".join(dropped))
     if missing_heads:
         if not new_heads:
             raise CheckpointError(
@@ -405,7 +407,7 @@ def save(model: nn.Module, params: Any, out_dir: str | os.PathLike, tokenizer=No
     check_finite(params, f"{out}")
     out.mkdir(parents=True, exist_ok=True)
     hf_config = model.config.to_hf()
-    hf_config["architectures"] = [spec.architecture(head)]
+    hf_config["architectures"] = [spec.architecture(head, hf_config["model_type"])]
     hf_config["torch_dtype"] = "float32"
     if head == "classification" and model.config.num_labels == 1:
         hf_config["problem_type"] = "regression"

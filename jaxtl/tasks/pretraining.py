@@ -29,7 +29,11 @@ def setup(cfg: Config) -> Setup:
     else:
         folder = None
         family = families.get(m.family)
-        base = family.preset(m.size, **{"vocab_size": len(tokenizer), **dict(m.overrides)})
+        # The tokenizer's pad id: RoBERTa-like families place padding tokens by it.
+        from_tokenizer = {"vocab_size": len(tokenizer)}
+        if tokenizer.pad_token_id is not None:
+            from_tokenizer["pad_token_id"] = tokenizer.pad_token_id
+        base = family.preset(m.size, **{**from_tokenizer, **dict(m.overrides)})
     common.check_vocab(tokenizer, base, str(tokenizer_folder))
     if d.nsp and "nsp_logits" not in family.pretraining_outputs:
         raise ConfigError(
