@@ -102,6 +102,24 @@ def attention_with_additive_bias(self, x_BxLxD, mask_Bx1x1xL, deterministic):
     return out.reshape(B, L, H * K)
 
 
+def packed_keep_mask(key, shape, rate):
+    """Dropout keep-mask from uint32 random words split into two uint16 lanes each.
+
+    ``jax.random.bernoulli`` (what flax's Dropout draws) hashes one 32-bit threefry word per
+    element and converts it to a float; two 16-bit lanes per word halve the hashing, and an
+    integer threshold drops the conversion. Rate resolution 1/65536 (0.1 -> 0.100006).
+    """
+    import math
+
+    import jax
+    import jax.numpy as jnp
+
+    size = math.prod(shape)
+    words = jax.random.bits(key, (-(-size // 2),), jnp.uint32)
+    lanes = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:size].reshape(shape)
+    return lanes >= round(rate * 65536)
+
+
 def apply_variant(name: str):
     """Monkeypatch one candidate fix into jaxtl (in this process). Returns an undo function."""
     import jax
@@ -110,6 +128,30 @@ def apply_variant(name: str):
 
     if name == "default":
         return lambda: None
+    if name == "packed_dropout" or name == "bias+packed_dropout":
+        import flax.linen as nn
+        import jax.numpy as jnp
+
+        original_dropout = nn.Dropout
+
+        class PackedDropout(original_dropout):
+            @nn.compact
+            def __call__(self, inputs, deterministic=None, rng=None):
+                deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+                if self.rate == 0.0 or deterministic:
+                    return inputs
+                keep = packed_keep_mask(rng if rng is not None else self.make_rng(self.rng_collection),
+                                        inputs.shape, self.rate)
+                return jnp.where(keep, inputs / (1.0 - self.rate), 0.0).astype(inputs.dtype)
+
+        nn.Dropout = PackedDropout  # jaxtl.model and heads call nn.Dropout(...) at build time
+        undo_bias = apply_variant("bias") if name.startswith("bias+") else (lambda: None)
+
+        def undo():
+            nn.Dropout = original_dropout
+            undo_bias()
+
+        return undo
     if name == "bias":
         import flax.linen as nn
 
@@ -131,7 +173,8 @@ def apply_variant(name: str):
     raise SystemExit(f"unknown jaxtl variant {name!r}; use one of {sorted(VARIANTS)}")
 
 
-VARIANTS = {"default", "bias", "rbg", "unsafe_rbg", "no_attn_dropout"}
+VARIANTS = {"default", "bias", "packed_dropout", "bias+packed_dropout", "rbg", "unsafe_rbg",
+            "no_attn_dropout"}
 
 
 class Jaxtl:
