@@ -69,14 +69,16 @@ def measure(task: str, seq_len: int, args, peaks: dict) -> dict:
     import jax
     from flax.training.train_state import TrainState
 
-    from jaxtl import config as config_lib, flops, heads, hf, model as model_lib, optim, steps
+    from jaxtl import config as config_lib, families, flops, hf, optim, steps
+
+    bert = families.get("bert")
 
     layers = {"num_hidden_layers": args.layers} if args.layers else {}
-    config = model_lib.preset(
+    config = bert.preset(
         args.size, **layers, dtype=args.dtype, param_dtype="float32", vocab_size=args.vocab_size,
         attention_probs_dropout_prob=args.attention_dropout, max_position_embeddings=max(512, seq_len))
     head = "classification" if task == "finetune" else "pretraining"
-    model = heads.build(config, head)
+    model = bert.build(config, head)
     masked = max(1, math.ceil(0.15 * seq_len)) if head == "pretraining" else None
     batch_size = args.batch_size or (args.batch_128 if seq_len <= 128 else args.batch_512)
     params = hf.init_params(model, jax.random.key(0))

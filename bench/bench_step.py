@@ -79,7 +79,7 @@ def attention_with_additive_bias(self, x_BxLxD, mask_Bx1x1xL, deterministic):
     import jax
     import jax.numpy as jnp
 
-    from jaxtl.model import constrain, dense
+    from jaxtl.families.layers import constrain, dense
 
     c = self.config
     B, L, _ = x_BxLxD.shape
@@ -124,7 +124,7 @@ def apply_variant(name: str):
     """Monkeypatch one candidate fix into jaxtl (in this process). Returns an undo function."""
     import jax
 
-    from jaxtl import model
+    from jaxtl.families import bert as model
 
     if name == "default":
         return lambda: None
@@ -144,7 +144,7 @@ def apply_variant(name: str):
                                         inputs.shape, self.rate)
                 return jnp.where(keep, inputs / (1.0 - self.rate), 0.0).astype(inputs.dtype)
 
-        nn.Dropout = PackedDropout  # jaxtl.model and heads call nn.Dropout(...) at build time
+        nn.Dropout = PackedDropout  # jaxtl.families call nn.Dropout(...) at build time
         undo_bias = apply_variant("bias") if name.startswith("bias+") else (lambda: None)
 
         def undo():
@@ -160,7 +160,7 @@ def apply_variant(name: str):
         class BiasSelfAttention(original):
             __call__ = nn.compact(attention_with_additive_bias)
 
-        # BertAttention.setup looks the class up in jaxtl.model at build time.
+        # BertAttention.setup looks the class up in jaxtl.families.bert at build time.
         model.BertSelfAttention = BiasSelfAttention
         return lambda: setattr(model, "BertSelfAttention", original)
     if name in ("rbg", "unsafe_rbg"):

@@ -21,7 +21,6 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxtl.model import BertConfig
 
 # Dense bf16 peak FLOP/s per chip from the vendors' data sheets (no sparsity). Matched against
 # ``jax.devices()[0].device_kind`` by substring, first match wins (so "H100 PCIe" before "H100").
@@ -40,7 +39,7 @@ VENDOR_PEAK_BF16 = (
 )
 
 
-def layer_forward_flops(config: BertConfig, batch: int, seq_len: int) -> int:
+def layer_forward_flops(config, batch: int, seq_len: int) -> int:
     """Matmul FLOPs of one encoder layer's forward pass on ``[batch, seq_len]`` tokens.
 
     Per token: Q, K, V and the attention output projection (4 x D x D), the two FFN matrices
@@ -54,14 +53,15 @@ def layer_forward_flops(config: BertConfig, batch: int, seq_len: int) -> int:
 
 
 def forward_flops(
-    config: BertConfig,
+    config,
     batch: int,
     seq_len: int,
     head: str | None = "classification",
     *,
     masked_positions: int | None = None,
 ) -> int:
-    """Matmul FLOPs of a forward pass of ``heads.build(config, head)``.
+    """Matmul FLOPs of a forward pass of ``families.build(config, head)`` (BERT-shaped trunks:
+ALBERT's embedding projection and DistilBERT's missing pooler are a few percent either way).
 
     ``head``: None (trunk + pooler), ``"classification"`` (pooler + classifier) or
     ``"pretraining"`` (MLM transform + vocabulary decoder at ``masked_positions`` per row — all
@@ -82,7 +82,7 @@ def forward_flops(
 
 
 def train_step_flops(
-    config: BertConfig,
+    config,
     batch: int,
     seq_len: int,
     head: str | None = "classification",

@@ -6,8 +6,8 @@ import optax
 import pytest
 from flax.training.train_state import TrainState
 
-from jaxtl import flops, heads, hf, steps
-from jaxtl.model import BertConfig
+from jaxtl import families, flops, hf, steps
+from jaxtl.families.bert import BertConfig
 
 
 def tiny(**sizes):
@@ -36,7 +36,7 @@ def test_pretraining_counts_the_decoder_at_masked_positions_only():
 
 
 def compiled_step_flops(config: BertConfig, batch: int, seq_len: int) -> float:
-    model = heads.build(config, "classification")
+    model = families.build(config, "classification")
     params = hf.init_params(model, jax.random.key(0))
     state = TrainState.create(apply_fn=model.apply, params=params, tx=optax.adamw(1e-4))
     shape = (batch, seq_len)
