@@ -60,6 +60,8 @@ def test_finetune_cli_trains_exports_and_predicts(assets, tmp_path, capsys):
     records = read_metrics(workdir)
     train_losses = [r["loss"] for r in records if r["split"] == "train"]
     assert train_losses[-1] < 0.5 * train_losses[0], train_losses
+    mfus = [r["mfu"] for r in records if r["split"] == "train"]
+    assert all(0.0 < m < 1.0 for m in mfus), mfus  # logged at every log step, a sane fraction
     results = json.loads((workdir / "eval_results.json").read_text())
     assert results["validation"]["accuracy"] >= 0.9, results
     assert results["validation"]["examples"] == 48  # every example once, padding excluded

@@ -82,5 +82,6 @@ def setup(cfg: Config) -> Setup:
         tokens_per_batch=lambda b: int(b["attention_mask"].sum()),
         eval_sets=eval_sets,
         best_metric=heads.get(head).best_metric(config),
+        flops_per_batch=common.flops_counter(config, head),
         meta=common.meta(family, head, config, tokenizer_folder),
     )
