@@ -406,12 +406,14 @@ def load_token_classification_data(
 
 def load_prediction_split(path: str, cfg: TokenClassificationDataConfig, tokenizer, *,
                           max_positions: int, labels: tuple[str, ...], require_tags: bool) -> TokenSplit:
-    """Windows of a file to predict on (tags read when present) or to evaluate (tags required)."""
-    _check_length(cfg, max_positions)
+    """Windows of a file to predict on (tags read when present) or to evaluate (tags required).
+    Windows are at most the model's ``max_positions`` long even if ``data.max_seq_length`` is
+    longer (nothing is cut either way: long sentences only get more windows)."""
     sentences = read_sentences(path, cfg, tags=True if require_tags else None)
     if sentences.tags is not None:
         check_tags(sentences, labels, "the model")
-    return tokenize("predict", sentences, tokenizer, labels, cfg.max_seq_length, cfg.label_all_pieces)
+    length = min(cfg.max_seq_length, max_positions)
+    return tokenize("predict", sentences, tokenizer, labels, length, cfg.label_all_pieces)
 
 
 # ---------------------------------------------------------------------------- batches

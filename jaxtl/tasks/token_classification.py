@@ -32,7 +32,9 @@ def sentence_metrics(split, predicted_ids: np.ndarray, labels, scheme: str) -> d
 
     predicted = word_predictions(split, predicted_ids, fallback=_fallback(labels))
     predicted_tags = [[labels[i] for i in sentence] for sentence in predicted]
-    return metrics.token_classification_metrics(split.sentences.tags, predicted_tags, scheme)
+    result = metrics.token_classification_metrics(split.sentences.tags, predicted_tags, scheme)
+    result["sentences"] = len(split.sentences)
+    return result
 
 
 def _fallback(labels) -> int:
@@ -127,7 +129,7 @@ def _predicted_ids(cfg, model, params, tokenizer, path, batch_size: int, require
                              batch["token_type_ids"])["logits"]
         return logits.argmax(-1)
 
-    predicted = np.zeros((len(split), d.max_seq_length), np.int64)
+    predicted = np.zeros((len(split), split.max_seq_length), np.int64)
     batches = tok_data.TokenClassificationBatcher(split, batch_size=batch_size,
                                                   bucket_sizes=d.bucket_sizes)
     for batch in batches.eval_batches():
@@ -142,7 +144,6 @@ def evaluate_file(cfg, model, params, tokenizer, path, batch_size: int) -> dict:
     """Entity P/R/F1 and token accuracy per word on a tagged file (``jaxtl evaluate``)."""
     split, predicted = _predicted_ids(cfg, model, params, tokenizer, path, batch_size, require_tags=True)
     result = sentence_metrics(split, predicted, model.config.labels, _data_config(cfg).tag_scheme)
-    result["sentences"] = len(split.sentences)
     result["words"] = sum(len(w) for w in split.sentences.words)
     return result
 
