@@ -160,3 +160,24 @@ def test_plain_tags_get_token_accuracy_only():
     result = metrics.token_classification_metrics([["NOUN", "VERB"]], [["NOUN", "NOUN"]])
     assert result == {"token_accuracy": 0.5}
     assert metrics.has_entity_tags(LABELS) and not metrics.has_entity_tags(["NOUN", "VERB", "O"])
+
+
+def test_hf_dataset_with_classlabel_tags(tmp_path, tokenizer):
+    """An HF dataset folder (as `datasets` writes conll2003/wnut_17: tokens + Sequence(ClassLabel))."""
+    import datasets
+
+    features = datasets.Features({
+        "tokens": datasets.Sequence(datasets.Value("string")),
+        "ner_tags": datasets.Sequence(datasets.ClassLabel(names=list(LABELS))),
+    })
+    rows = {"tokens": [["Ana", "in", "Rome"], [], ["ok"]], "ner_tags": [[3, 0, 1], [], [0]]}
+    folder = tmp_path / "hubdata"
+    (folder / "data").mkdir(parents=True)
+    for split in ("train", "validation"):
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(
+            str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    cfg = TokenClassificationDataConfig(dataset=str(folder), max_seq_length=16)
+    data = tok_data.load_token_classification_data(cfg, tokenizer, max_positions=64)
+    assert data.train.sentences.tags == [["B-PER", "O", "B-LOC"], ["O"]]  # the empty row skipped
+    assert data.labels == LABELS
+    assert data.validation is not None and len(data.validation) == 2

@@ -46,6 +46,7 @@ class Sentences:
     where: list[str]  # per sentence, "file, line 7" for messages
     # CoNLL files: the line of each sentence's first word (word k is on line + k).
     first_line: list[int] | None = None
+    declared_tags: tuple[str, ...] | None = None  # an HF dataset's ClassLabel names, in id order
 
     def word_at(self, sentence: int, k: int) -> str:
         """Where word ``k`` of ``sentence`` is, for messages."""
@@ -227,8 +228,13 @@ def hub_sentences(hub: HubDataset, split: str, what: str, cfg) -> Sentences:
                for i, row in enumerate(ds, start=1)]
     if cfg.tags_key not in ds.column_names:
         records = [(i, {cfg.tokens_key: r[cfg.tokens_key]}) for i, r in records]
-    return _sentences_from_records(f"{hub.name}[{split}]", records, "row", cfg, tags=None,
-                                   tag_names=list(names) if names is not None else None)
+    if names is None and cfg.labels is not None:  # plain int tags: data.labels names them
+        names = [str(t) for t in cfg.labels]
+    sentences = _sentences_from_records(f"{hub.name}[{split}]", records, "row", cfg, tags=None,
+                                        tag_names=list(names) if names is not None else None)
+    if getattr(getattr(feature, "feature", None), "names", None) is not None:
+        sentences.declared_tags = tuple(names)
+    return sentences
 
 
 # ---------------------------------------------------------------------------- tags
@@ -384,6 +390,8 @@ def load_token_classification_data(
         known_from = "the trained head"
     elif cfg.labels is not None:
         labels, known_from = tuple(str(t) for t in cfg.labels), "data.labels"
+    elif train.declared_tags is not None:  # ClassLabel names keep the dataset's ids, as run_ner
+        labels, known_from = train.declared_tags, f"{train.source} (ClassLabel names)"
     else:
         labels = sort_tags(t for tags in train.tags for t in tags)
         known_from = f"the training data ({train.source})"
