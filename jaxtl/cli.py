@@ -90,11 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text.capitalize() + ". Column names come "
                            "from the config's data section (or --set data.text_column=...).")
         p.add_argument("--model", required=True, help="an exported HF folder, e.g. WORKDIR/best")
-        p.add_argument("--file", required=True, help="CSV/TSV/JSON/JSONL input")
+        p.add_argument("--file", required=True, help="CSV/TSV/JSON/JSONL input (token "
+                       "classification: CoNLL-style, JSON or JSONL sentences)")
         _add_config_args(p, required=False)
         p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
         if name == "predict":
-            p.add_argument("--output", required=True, help="CSV or JSONL file to write")
+            p.add_argument("--output", required=True, help="CSV or JSONL file to write (token "
+                           "classification: .conll/.txt word<TAB>tag lines, or JSONL)")
         else:
             p.add_argument("--output", help="also write the metrics to this JSON file")
 
