@@ -153,3 +153,18 @@ def test_export_loads_in_transformers_with_the_same_logits(case, tmp_path):
     assert_close(exported, original, FORWARD_TOL, f"{case['family']} exported token logits")
     # and back: the exported folder's head is found from `architectures`
     assert jaxtl.hf.head_of_folder(out) == "token_classification"
+
+
+def test_dropout_before_the_classifier_follows_hf(case):
+    """BertForTokenClassification drops with classifier_dropout; DistilBertForTokenClassification
+    with `dropout` (hidden_dropout_prob), ignoring seq_classif_dropout (jaxtl classifier_dropout)."""
+    dropped = case["family"] == "bert"  # distilbert: hidden_dropout_prob = 0 here
+    model, params = jaxtl.hf.load(case["folder"], head="token_classification",
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                  classifier_dropout=0.9)
+    batch = jax_batch(case["batch"])
+    args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    exact = model.apply({"params": params}, *args, deterministic=True)["logits"]
+    noisy = model.apply({"params": params}, *args, deterministic=False,
+                        rngs={"dropout": jax.random.key(0)})["logits"]
+    assert (not np.allclose(exact, noisy, atol=1e-6)) == dropped
