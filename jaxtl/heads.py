@@ -16,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import flax.linen as nn
 import numpy as np
 
 from jaxtl import steps
 from jaxtl.errors import ConfigError
+from jaxtl.families.layers import dense
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +92,74 @@ HEADS: dict[str | None, HeadSpec] = {
         recipe="jaxtl.tasks.classification",
     ),
 }
+
+
+# ---------------------------------------------------------------------------- token classification
+
+
+# HF's *ForTokenClassification dropout before `classifier` is `classifier_dropout` if set, else
+# `hidden_dropout_prob` (BertForTokenClassification) -- except where HF's class reads another
+# field: DistilBertForTokenClassification uses `dropout` (jaxtl: hidden_dropout_prob) and ignores
+# `seq_classif_dropout` (jaxtl: classifier_dropout, which its sequence head uses).
+_TOKEN_DROPOUT_IGNORES_CLASSIFIER_DROPOUT = ("distilbert",)
+
+
+class TokenClassificationModel(nn.Module):
+    """trunk -> dropout -> ``classifier`` dense on every position: ``logits [B, L, num_labels]``
+    (HF's ``*ForTokenClassification``), for any family with a ``trunk_module``."""
+
+    config: Any
+    trunk: Callable[..., Any]
+    trunk_name: str
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
+                 position_ids=None):
+        c = self.config
+        hidden = self.trunk(c, self.trunk_name)(
+            input_ids, attention_mask, token_type_ids, deterministic, position_ids
+        )
+        hidden_BxLxD = hidden[0] if isinstance(hidden, tuple) else hidden
+        rate = c.hidden_dropout_prob
+        if (c.classifier_dropout is not None
+                and self.trunk_name not in _TOKEN_DROPOUT_IGNORES_CLASSIFIER_DROPOUT):
+            rate = c.classifier_dropout
+        hidden_BxLxD = nn.Dropout(rate)(hidden_BxLxD, deterministic=deterministic)
+        logits_BxLxN = dense(c, c.num_labels, ("embed", None), "classifier")(hidden_BxLxD)
+        return {"logits": logits_BxLxN}
+
+
+def _token_metrics(config, labels, outputs) -> dict[str, float]:
+    """``labels``: per example a [L] array of tag ids (-100 unlabelled); ``outputs["logits"]``
+    [N, L, num_labels]. Entity P/R/F1 over the labelled positions (seqeval) + token accuracy."""
+    from jaxtl import metrics
+
+    predicted = outputs["logits"].argmax(-1)
+    gold_tags, predicted_tags = [], []
+    for gold_L, pred_L in zip(labels, predicted):
+        keep = gold_L != -100
+        gold_tags.append([config.labels[i] for i in gold_L[keep]])
+        predicted_tags.append([config.labels[i] for i in pred_L[: len(gold_L)][keep]])
+    return metrics.token_classification_metrics(gold_tags, predicted_tags)
+
+
+def _token_best_metric(config) -> str:
+    from jaxtl import metrics
+
+    return "entity_f1" if metrics.has_entity_tags(config.labels) else "token_accuracy"
+
+
+HEADS["token_classification"] = HeadSpec(
+    "token_classification", ("logits",),
+    "token classification (NER, POS tagging), HF *ForTokenClassification",
+    task=lambda config: steps.token_classification_task(config.max_position_embeddings),
+    metrics=_token_metrics,
+    best_metric=_token_best_metric,
+    hf_suffix="ForTokenClassification",
+    module=TokenClassificationModel,
+    weight_prefixes=("classifier.",),
+    recipe="jaxtl.tasks.token_classification",
+)
 
 
 def get(name: str | None) -> HeadSpec:

@@ -324,7 +324,8 @@ def load(
     """Load an HF checkpoint (folder, hub id or ``asset:NAME``) of any registered family.
 
     Args:
-      head: None (bare trunk), ``"pretraining"``, ``"classification"`` (see :mod:`jaxtl.heads`).
+      head: None (bare trunk), ``"pretraining"``, ``"classification"``,
+        ``"token_classification"`` (see :mod:`jaxtl.heads`).
       num_labels: classification outputs (1 = regression); default: the checkpoint's.
       labels: label names in id order (implies num_labels).
       dtype: compute dtype; ``param_dtype``: storage dtype.

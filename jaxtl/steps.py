@@ -137,6 +137,59 @@ PRETRAINING_MLM_ONLY = Task(
 PRETRAINING_SOP = Task("pretraining_sop", sop_pretraining_loss, extra_inputs=("masked_positions",))
 
 
+# ---------------------------------------------------------------------------- token classification
+
+IGNORE_LABEL = -100  # a position without a label (special tokens, later word pieces), as HF
+
+
+def token_classification_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
+    """Cross-entropy over the labelled positions of ``logits [B, L, N]`` (HF's token loss: the
+    mean over every label that is not -100 in the batch).
+
+    ``batch["labels"]``: ``[B, L]`` int tag ids, -100 where unlabelled; ``batch["example_weight"]``
+    ``[B]``. Metric sums: ``loss_sum`` and ``token_correct`` over ``token_count`` labelled
+    positions, ``count`` examples.
+    """
+    weight_B = batch["example_weight"].astype(jnp.float32)
+    labels_BxL = batch["labels"].astype(jnp.int32)
+    labelled_BxL = (labels_BxL != IGNORE_LABEL).astype(jnp.float32) * weight_B[:, None]
+    logits = logits.astype(jnp.float32)
+    safe_labels_BxL = jnp.where(labels_BxL == IGNORE_LABEL, 0, labels_BxL)
+    ce_BxL = optax.softmax_cross_entropy_with_integer_labels(logits, safe_labels_BxL)
+    metrics = {
+        "loss_sum": (ce_BxL * labelled_BxL).sum(),
+        "token_count": labelled_BxL.sum(),
+        "token_correct": ((logits.argmax(-1) == labels_BxL) * labelled_BxL).sum(),
+        "count": weight_B.sum(),
+    }
+    return metrics["loss_sum"] / jnp.maximum(metrics["token_count"], 1.0), metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenClassificationTask(Task):
+    """Also returns ``predicted_ids [B, length]`` (argmax tag ids, -1 beyond the batch's
+    length): evaluation batches have several bucket lengths, and one width lets the loop
+    concatenate them."""
+
+    length: int = 512
+
+    def forward(self, apply_fn, params, batch: Batch, *, deterministic: bool, rngs=None) -> dict:
+        outputs = dict(super().forward(apply_fn, params, batch, deterministic=deterministic, rngs=rngs))
+        predicted_BxL = outputs["logits"].argmax(-1).astype(jnp.int32)
+        pad = self.length - predicted_BxL.shape[1]
+        outputs["predicted_ids"] = jnp.pad(predicted_BxL, ((0, 0), (0, pad)), constant_values=-1)
+        return outputs
+
+
+def token_classification_task(length: int) -> TokenClassificationTask:
+    """The token classification Task for inputs of at most ``length`` positions."""
+    return TokenClassificationTask(
+        "token_classification",
+        lambda outputs, batch: token_classification_loss(outputs["logits"], batch),
+        length=length,
+    )
+
+
 def make_train_step(task: Task, *, axis_name: str | None = None, skip_nonfinite: bool = False):
     """``train_step(state, batch, rng) -> (state, metrics)`` for ``task``.
 
@@ -230,6 +283,10 @@ def summarize(sums: dict[str, Any]) -> dict[str, float]:
             out["sop_loss"] = s["sop_loss_sum"] / count
             out["sop_accuracy"] = s["sop_correct"] / count
             out["loss"] += out["sop_loss"]
+    if "token_count" in s:  # token classification: means over labelled tokens
+        token_count = max(s["token_count"], 1.0)
+        out["loss"] = s["loss_sum"] / token_count
+        out["token_accuracy"] = s["token_correct"] / token_count
     if "grad_norm" in s and "steps" in s:
         out["grad_norm"] = s["grad_norm"] / max(s["steps"], 1.0)
     if s.get("nonfinite"):
