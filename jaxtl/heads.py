@@ -97,11 +97,14 @@ HEADS: dict[str | None, HeadSpec] = {
 # ---------------------------------------------------------------------------- token classification
 
 
-# HF's *ForTokenClassification dropout before `classifier` is `classifier_dropout` if set, else
-# `hidden_dropout_prob` (BertForTokenClassification) -- except where HF's class reads another
-# field: DistilBertForTokenClassification uses `dropout` (jaxtl: hidden_dropout_prob) and ignores
-# `seq_classif_dropout` (jaxtl: classifier_dropout, which its sequence head uses).
-_TOKEN_DROPOUT_IGNORES_CLASSIFIER_DROPOUT = ("distilbert",)
+def per_token_dropout(c) -> float:
+    """HF's dropout before a per-token head: ``classifier_dropout`` if set, else
+    ``hidden_dropout_prob`` (BertForTokenClassification), unless the family's config says
+    otherwise with a ``token_dropout`` property (DistilBERT's class reads ``dropout``)."""
+    rate = getattr(c, "token_dropout", None)
+    if rate is not None:
+        return rate
+    return c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
 
 
 class TokenClassificationModel(nn.Module):
@@ -120,11 +123,7 @@ class TokenClassificationModel(nn.Module):
             input_ids, attention_mask, token_type_ids, deterministic, position_ids
         )
         hidden_BxLxD = hidden[0] if isinstance(hidden, tuple) else hidden
-        rate = c.hidden_dropout_prob
-        if (c.classifier_dropout is not None
-                and self.trunk_name not in _TOKEN_DROPOUT_IGNORES_CLASSIFIER_DROPOUT):
-            rate = c.classifier_dropout
-        hidden_BxLxD = nn.Dropout(rate)(hidden_BxLxD, deterministic=deterministic)
+        hidden_BxLxD = nn.Dropout(per_token_dropout(c))(hidden_BxLxD, deterministic=deterministic)
         logits_BxLxN = dense(c, c.num_labels, ("embed", None), "classifier")(hidden_BxLxD)
         return {"logits": logits_BxLxN}
 
