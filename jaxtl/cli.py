@@ -166,9 +166,9 @@ def _load_for_inference(args):
 
     import jax.numpy as jnp
 
-    from jaxtl import config as config_lib, heads, hf, train
+    from jaxtl import config as config_lib, heads, hf, runlog
 
-    train.setup_logging()
+    runlog.setup_logging()
     head = hf.head_of_folder(args.model)
     head_spec = heads.get(head)
     if args.config:
@@ -224,10 +224,10 @@ def _export(args) -> int:
     config, labels, tokenizer), without reading the training data or the workdir's config.yaml."""
     import jax
 
-    from jaxtl import checkpoint, hf, sharding, tasks, train
+    from jaxtl import checkpoint, hf, runlog, sharding, tasks
     from jaxtl.errors import CheckpointError
 
-    train.setup_logging()
+    runlog.setup_logging()
     ckpt_dir = Path(args.workdir) / "checkpoints"
     if not ckpt_dir.is_dir():
         raise CheckpointError(f"{args.workdir} has no checkpoints/ folder")
@@ -244,10 +244,10 @@ def _export(args) -> int:
 
 
 def _convert(args) -> int:
-    from jaxtl import hf, train
+    from jaxtl import hf, runlog
     from jaxtl.errors import ConfigError
 
-    train.setup_logging()
+    runlog.setup_logging()
     source = Path(args.source).expanduser()
     if source.exists() and Path(args.out).expanduser().resolve() == source.resolve():
         raise ConfigError(f"convert would write {args.out} over its own input; choose another OUT")

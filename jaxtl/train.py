@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -33,7 +32,7 @@ import numpy as np
 import yaml
 from jax.experimental import multihost_utils
 
-from jaxtl import checkpoint, optim, sharding, steps, workdir as workdir_lib
+from jaxtl import checkpoint, optim, runlog, sharding, steps, workdir as workdir_lib
 from jaxtl.config import Config
 from jaxtl.errors import ConfigError, NonFiniteError, Stopped
 
@@ -69,87 +68,6 @@ class Setup:
     # this process's rows -> the model FLOPs of one train step on the global batch they belong
     # to (jaxtl.flops: what the model needs), for `mfu` in metrics.jsonl; None: not reported.
     flops_per_batch: Callable[[dict[str, np.ndarray]], int] | None = None
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is now (it may be swapped, e.g. by test capture)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _):
-        pass
-
-
-def setup_logging() -> None:
-    """Human-readable logs on stderr from process 0 only (other processes warn and above)."""
-    level = logging.INFO if jax.process_index() == 0 else logging.WARNING
-    logger = logging.getLogger("jaxtl")
-    logger.setLevel(level)
-    if not logger.handlers:
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s jaxtl: %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    for noisy in ("absl", "orbax", "jax._src.xla_bridge"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def enable_compilation_cache() -> str | None:
-    """JAX's persistent compilation cache, on by default in ``$JAXTL_CACHE/xla`` (beside the
-    assets; default ``~/.cache/jaxtl/xla``), so a rerun or resume does not compile its steps
-    again. ``JAXTL_COMPILATION_CACHE`` names another folder, or ``off`` disables it."""
-    setting = os.environ.get("JAXTL_COMPILATION_CACHE", "")
-    if setting.lower() in ("off", "0", "false", "no"):
-        return None
-    folder = setting or os.path.join(
-        os.environ.get("JAXTL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxtl")), "xla")
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return folder
-
-
-class MetricsWriter:
-    """``metrics.jsonl`` (one object per line; see :class:`jaxtl.workdir.MetricsLog`) and
-    TensorBoard scalars, process 0 only."""
-
-    def __init__(self, workdir: Path, *, tensorboard: bool, resume_step: int):
-        self.enabled = jax.process_index() == 0
-        self.log = self.tb = None
-        if not self.enabled:
-            return
-        # Lines past the step we resume from were written by the interrupted run; they are
-        # computed again (identically), so they go, and so does a line torn by a kill.
-        self.log = workdir_lib.MetricsLog(workdir / "metrics.jsonl", resume_step=resume_step)
-        if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(str(workdir / "tb"), purge_step=resume_step + 1)
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        self.log.write(record)
-        if self.tb is not None:
-            prefix = record.get("split", "train")
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
-                    self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
-            self.tb.flush()
-
-    def sync(self) -> None:
-        """Make what was written durable (at checkpoint boundaries)."""
-        if self.log is not None:
-            self.log.sync()
-
-    def close(self) -> None:
-        if self.log is not None:
-            self.log.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 def _host(tree):
@@ -249,21 +167,6 @@ def _agree(signum: int | None, save_due: bool) -> tuple[int | None, bool]:
     return (agreed_signum or None), bool(every[0, 1])
 
 
-def _mfu(flops_per_s: float, num_devices: int) -> dict:
-    """Model FLOPs utilisation against a large matmul timed on this device (``mfu``) and, on
-    accelerators with a known data-sheet peak, against that (``mfu_vendor``)."""
-    if not flops_per_s:
-        return {}
-    from jaxtl import flops
-
-    out = {"model_flops_per_s": flops_per_s,
-           "mfu": flops_per_s / (num_devices * flops.measured_peak_flops())}
-    vendor = flops.vendor_peak_flops()
-    if vendor:
-        out["mfu_vendor"] = flops_per_s / (num_devices * vendor)
-    return out
-
-
 def _schedule_lengths(cfg: Config, setup: Setup) -> tuple[int, int, int]:
     """``(updates, eval_every, save_every)`` in optimizer updates (as HF Trainer counts steps:
     with ``grad_accum_steps > 1`` one update takes that many micro-batches)."""
@@ -338,7 +241,7 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
         steps.make_train_step(setup.task, skip_nonfinite=t.nonfinite == "skip"), mesh, rules, shardings
     )
     eval_step = sharding.compile_step(steps.make_eval_step(setup.task), mesh, rules, shardings, train=False)
-    writer = MetricsWriter(workdir, tensorboard=t.tensorboard, resume_step=start_step)
+    writer = runlog.MetricsWriter(workdir, tensorboard=t.tensorboard, resume_step=start_step)
     rng = jax.random.key(t.seed)
     state_ok_through = start_step  # every update up to here was finite (checked on the host)
 
@@ -412,7 +315,7 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
                               **steps.summarize(sums),
                               "examples_per_s": window_examples / elapsed,
                               "tokens_per_s": window_tokens / elapsed,
-                              **_mfu(window_flops / elapsed, mesh.size)}
+                              **runlog.mfu_record(window_flops / elapsed, mesh.size)}
                     writer.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.1f}")
                     window, window_start, window_examples, window_tokens = None, time.perf_counter(), 0, 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from jaxtl import train
+from jaxtl import runlog, train
 from jaxtl.config import Config
 from jaxtl.tasks.common import model_from_meta  # noqa: F401  (export rebuilds models with it)
 from jaxtl.train import Setup
@@ -48,6 +48,6 @@ def pretrain_setup(cfg: Config) -> Setup:
 def run(cfg: Config, workdir: str | Path, *, overwrite: bool = False) -> dict:
     """Train per ``cfg.task`` in ``workdir`` (resuming if it has a checkpoint of the same run;
     ``overwrite`` starts afresh where it holds another)."""
-    train.setup_logging()
-    train.enable_compilation_cache()
+    runlog.setup_logging()
+    runlog.enable_compilation_cache()
     return train.train_loop(cfg, Path(workdir), setup_for(cfg), overwrite=overwrite)

@@ -1,0 +1,110 @@
+"""What a run reports, and where: human-readable logs on stderr (process 0), ``metrics.jsonl``
+and TensorBoard scalars, model FLOPs utilisation, and JAX's persistent compilation cache."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import jax
+
+from jaxtl import workdir as workdir_lib
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (it may be swapped, e.g. by test capture)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def setup_logging() -> None:
+    """Human-readable logs on stderr from process 0 only (other processes warn and above)."""
+    level = logging.INFO if jax.process_index() == 0 else logging.WARNING
+    logger = logging.getLogger("jaxtl")
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s jaxtl: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    for noisy in ("absl", "orbax", "jax._src.xla_bridge"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def enable_compilation_cache() -> str | None:
+    """JAX's persistent compilation cache, on by default in ``$JAXTL_CACHE/xla`` (beside the
+    assets; default ``~/.cache/jaxtl/xla``), so a rerun or resume does not compile its steps
+    again. ``JAXTL_COMPILATION_CACHE`` names another folder, or ``off`` disables it."""
+    setting = os.environ.get("JAXTL_COMPILATION_CACHE", "")
+    if setting.lower() in ("off", "0", "false", "no"):
+        return None
+    folder = setting or os.path.join(
+        os.environ.get("JAXTL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxtl")), "xla")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
+
+
+class MetricsWriter:
+    """``metrics.jsonl`` (one object per line; see :class:`jaxtl.workdir.MetricsLog`) and
+    TensorBoard scalars, process 0 only."""
+
+    def __init__(self, workdir: Path, *, tensorboard: bool, resume_step: int):
+        self.enabled = jax.process_index() == 0
+        self.log = self.tb = None
+        if not self.enabled:
+            return
+        # Lines past the step we resume from were written by the interrupted run; they are
+        # computed again (identically), so they go, and so does a line torn by a kill.
+        self.log = workdir_lib.MetricsLog(workdir / "metrics.jsonl", resume_step=resume_step)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(workdir / "tb"), purge_step=resume_step + 1)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.log.write(record)
+        if self.tb is not None:
+            prefix = record.get("split", "train")
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
+                    self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+            self.tb.flush()
+
+    def sync(self) -> None:
+        """Make what was written durable (at checkpoint boundaries)."""
+        if self.log is not None:
+            self.log.sync()
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def mfu_record(flops_per_s: float, num_devices: int) -> dict:
+    """Model FLOPs utilisation against a large matmul timed on this device (``mfu``) and, on
+    accelerators with a known data-sheet peak, against that (``mfu_vendor``)."""
+    if not flops_per_s:
+        return {}
+    from jaxtl import flops
+
+    out = {"model_flops_per_s": flops_per_s,
+           "mfu": flops_per_s / (num_devices * flops.measured_peak_flops())}
+    vendor = flops.vendor_peak_flops()
+    if vendor:
+        out["mfu_vendor"] = flops_per_s / (num_devices * vendor)
+    return out
