@@ -204,8 +204,10 @@ def test_kill_9_at_many_moments_then_resume_matches_an_uninterrupted_run(assets,
     survived = []
     for name, when in moments:
         proc = start()
-        if name == "random":
-            hit = not _wait_for(lambda: False, proc, rng.uniform(5.0, 25.0)) and proc.poll() is None
+        if name == "random":  # once training runs (metrics are written), at a seeded moment
+            started = _wait_for(lambda: (killed / "metrics.jsonl").exists()
+                                and (killed / "metrics.jsonl").stat().st_size > 0, proc, 240)
+            hit = started and not _wait_for(lambda: False, proc, rng.uniform(0.0, 3.0))
         else:
             hit = _wait_for(when, proc, 240)
         if proc.poll() is not None:  # finished before this moment came
