@@ -203,10 +203,12 @@ def test_kill_9_at_many_moments_then_resume_matches_an_uninterrupted_run(assets,
                ("random", lambda: False), ("random", lambda: False)]
     survived = []
     for name, when in moments:
+        metrics = killed / "metrics.jsonl"
+        size_before = metrics.stat().st_size if metrics.exists() else 0
         proc = start()
-        if name == "random":  # once training runs (metrics are written), at a seeded moment
-            started = _wait_for(lambda: (killed / "metrics.jsonl").exists()
-                                and (killed / "metrics.jsonl").stat().st_size > 0, proc, 240)
+        if name == "random":  # once this process trains (writes metrics), at a seeded moment
+            started = _wait_for(lambda: metrics.exists() and metrics.stat().st_size > size_before,
+                                proc, 240)
             hit = started and not _wait_for(lambda: False, proc, rng.uniform(0.0, 3.0))
         else:
             hit = _wait_for(when, proc, 240)
