@@ -265,3 +265,26 @@ def test_v2_splits_by_hand():
     assert r["HasAns_exact"] == r["HasAns_f1"] == 100.0
     assert r["NoAns_exact"] == pytest.approx(200 / 3) and r["NoAns_f1"] == pytest.approx(200 / 3)
     assert r["exact"] == r["f1"] == 75.0
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def test_config_section_checks():
+    from jaxtl import config as C
+    from jaxtl.errors import ConfigError
+
+    def make(**data):
+        return C.from_dict({"task": "question_answering", "model": {"pretrained": "m"},
+                            "data": {"train_file": "t.json", **data}})
+
+    d = make().data
+    assert (d.max_seq_length, d.doc_stride, d.max_query_length, d.n_best, d.max_answer_length) == (
+        384, 128, 64, 20, 30)
+    with pytest.raises(ConfigError, match=r"data.doc_stride=317 must be below .* = 317"):
+        make(doc_stride=317)
+    with pytest.raises(ConfigError, match="null_score_diff_threshold is only used with"):
+        make(null_score_diff_threshold=1.0)
+    with pytest.raises(ConfigError, match="text_column"):
+        make(text_column="x")  # a classification key is unknown here
+    assert make(version_2_with_negative=True, null_score_diff_threshold=-1.5).data.null_score_diff_threshold == -1.5
