@@ -288,3 +288,24 @@ def test_config_section_checks():
     with pytest.raises(ConfigError, match="text_column"):
         make(text_column="x")  # a classification key is unknown here
     assert make(version_2_with_negative=True, null_score_diff_threshold=-1.5).data.null_score_diff_threshold == -1.5
+
+
+def test_hub_examples_in_squad_layout():
+    """An HF ``squad``/``squad_v2``-shaped split (as ``datasets`` gives it) becomes examples; an
+    empty answer list is a no-answer (v2) question."""
+    import datasets
+
+    class FakeHub:
+        name = "squad_v2"
+
+        def split(self, split, what):
+            return datasets.Dataset.from_dict({
+                "id": ["a", "b"], "title": ["t", "t"], "context": [CONTEXT, CONTEXT],
+                "question": ["Who?", "Why?"],
+                "answers": [{"text": ["Saldaña"], "answer_start": [4]},
+                            {"text": [], "answer_start": []}],
+            })
+
+    a, b = qa.hub_examples(FakeHub(), "validation", "validation_split")
+    assert a.answers == (qa.Answer("Saldaña", 4),) and not a.is_impossible
+    assert b.answers == () and b.is_impossible

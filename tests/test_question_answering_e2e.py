@@ -79,7 +79,8 @@ def test_finetune_evaluate_predict_and_pipeline(assets, tmp_path, capsys):
     assert losses[-1] < 0.7 * losses[0], losses
     validation = json.loads((workdir / "eval_results.json").read_text())["validation"]
     assert {"exact", "f1", "total"} <= set(validation) and validation["total"] == 16
-    print("QA e2e: train loss", [round(x, 3) for x in losses], "validation", validation)
+    print("QA e2e: train loss", [round(x, 3) for x in losses], "validation", validation,
+          file=sys.__stderr__)
 
     best = workdir / "best"
     capsys.readouterr()
@@ -93,6 +94,14 @@ def test_finetune_evaluate_predict_and_pipeline(assets, tmp_path, capsys):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"q2-{i}" for i in range(16)]
     assert set(rows[0]) == {"id", "answer", "answer_start", "answer_end", "score"}
+    # Without --config, predict takes the QA defaults (the head's task) plus --set values.
+    out2 = tmp_path / "answers2.jsonl"
+    sets = [x for key, value in (("max_seq_length", 48), ("doc_stride", 16), ("max_query_length", 12),
+                                  ("max_answer_length", 5))
+            for x in ("--set", f"data.{key}={value}")]
+    assert cli.main(["predict", "--model", str(best), "--file", assets["valid"], *sets,
+                     "--output", str(out2)]) == 0
+    assert out2.read_text() == out.read_text()
 
     # The export in transformers answers as jaxtl predict does. transformers 5 removed
     # pipeline("question-answering") (REMOVED_TASKS in transformers/pipelines/__init__.py), so the
