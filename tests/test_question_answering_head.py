@@ -155,3 +155,18 @@ def test_export_round_trip(case, tmp_path):
     for end in ("start", "end"):
         assert_close(out[f"{end}_logits"], ref[f"{end}_logits"].numpy(), FORWARD_TOL,
                      f"{case['name']} exported {end}_logits")
+
+
+def test_dropout_only_where_hf_has_it(case):
+    """HF's BertForQuestionAnswering has no dropout before qa_outputs (classifier_dropout is
+    unused); DistilBertForQuestionAnswering applies qa_dropout. With the trunk's dropout off,
+    a training-mode forward equals the deterministic one exactly when the head has none."""
+    model, params = jaxtl.hf.load(case["folder"], head="question_answering", hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0, classifier_dropout=0.5)
+    batch = case["batch"]
+    args = [jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
+    train = model.apply({"params": params}, *args, deterministic=False,
+                        rngs={"dropout": jax.random.key(0)})["start_logits"]
+    evaluation = model.apply({"params": params}, *args, deterministic=True)["start_logits"]
+    same = bool(np.allclose(train, evaluation, atol=1e-6))
+    assert same == (case["name"] == "bert"), f"{case['name']}: dropout applied = {not same}"
