@@ -161,8 +161,8 @@ def _cut_questions(examples, tokenizer, max_query_length: int, max_seq_length: i
             raise DataError(f"{source}: question id {ex.id}: the question is empty")
         if len(ids) + 3 > max_seq_length:
             raise DataError(
-                f"{source}: question id {ex.id}: the question has {len(ids)} tokens, more than "
-                f"max_seq_length={max_seq_length} leaves room for (with a context)"
+                f"{source}: question id {ex.id}: the question has {len(ids)} tokens; with [CLS], "
+                f"two [SEP] and any context it does not fit in max_seq_length={max_seq_length}"
             )
         out.append(question[: offsets[max_query_length - 1][1]] if len(ids) > max_query_length
                    else question)
@@ -187,8 +187,7 @@ def featurize(
     if not tokenizer.is_fast:
         raise DataError("question answering needs a fast tokenizer (offset mappings)")
     questions = _cut_questions(examples, tokenizer, max_query_length, max_seq_length, source)
-    pad_on_right = tokenizer.padding_side == "right"
-    if not pad_on_right:
+    if tokenizer.padding_side != "right":
         raise DataError("question answering expects a tokenizer that pads on the right")
     input_ids, token_type_ids, offsets, example_index, starts, ends = [], [], [], [], [], []
     chunk = 1000
