@@ -203,7 +203,8 @@ def test_best_span_rules():
     end = logits(L, {4: 8.0, 6: 4.0, 10: 6.0})
     p = qa.postprocess(f, start[None], end[None], max_answer_length=30)[0]
     assert (p.text, p.start, p.end, p.score) == ("c d e f g h", 4, 15, 11.0)  # 5..10
-    # max_answer_length=3 rules 5..10 out: 5..6 ("c d", 9.0) beats 3..4 ("a b", 9.0 ties -> first)
+    # max_answer_length=3 rules 5..10 out: 5..6 ("c d", 5 + 4) ties 3..4 ("a b", 1 + 8); the
+    # candidate with the higher start logit comes first and wins (HF: a stable sort by score)
     p = qa.postprocess(f, start[None], end[None], max_answer_length=3)[0]
     assert (p.text, p.score) == ("c d", 9.0)
     # n_best=1: only start 1 (question) and end 4 are candidates -> no valid span

@@ -320,15 +320,19 @@ def postprocess(
             start_W, end_W = start_logits[window, :length], end_logits[window, :length]
             window_null = float(start_W[0] + end_W[0])
             null = window_null if null is None else min(null, window_null)
-            for s in np.argsort(start_W, kind="stable")[::-1][:n_best]:
-                if spans[s, 0] < 0:
-                    continue
-                for t in np.argsort(end_W, kind="stable")[::-1][:n_best]:
-                    if spans[t, 0] < 0 or t < s or t - s + 1 > max_answer_length:
-                        continue
-                    score = float(start_W[s] + end_W[t])
-                    if best is None or score > best[0]:
-                        best = (score, int(spans[s, 0]), int(spans[t, 1]))
+            starts = np.argsort(-start_W, kind="stable")[:n_best]  # highest first
+            ends = np.argsort(-end_W, kind="stable")[:n_best]
+            in_context = spans[:, 0] >= 0
+            valid_SxE = (in_context[starts][:, None] & in_context[ends][None, :]
+                         & (ends[None, :] >= starts[:, None])
+                         & (ends[None, :] - starts[:, None] + 1 <= max_answer_length))
+            if valid_SxE.any():
+                score_SxE = np.where(valid_SxE, start_W[starts][:, None] + end_W[ends][None, :],
+                                     -np.inf)
+                i, j = np.unravel_index(score_SxE.argmax(), score_SxE.shape)  # first best
+                score = float(score_SxE[i, j])
+                if best is None or score > best[0]:
+                    best = (score, int(spans[starts[i], 0]), int(spans[ends[j], 1]))
         if version_2_with_negative:
             diff = None if null is None else null - (best[0] if best is not None else -np.inf)
             if best is None or diff > null_score_diff_threshold:
