@@ -11,7 +11,7 @@ a context longer than ``max_seq_length`` allows is covered by windows that overl
 Character answers become token spans through the offset mapping; a window that does not hold the
 whole answer (and every window of an unanswerable v2 question) points at [CLS] (index 0). Every
 window keeps its example's index and, for its context tokens, the character offsets that
-post-processing (:mod:`jaxtl.qa`) turns back into answer text.
+post-processing (:func:`postprocess`) turns back into answer text.
 """
 
 from __future__ import annotations
