@@ -168,13 +168,16 @@ def _load_for_inference(args):
 
     from jaxtl import config as config_lib, heads, hf, runlog
 
+    from jaxtl import tasks
+
     runlog.setup_logging()
     head = hf.head_of_folder(args.model)
     head_spec = heads.get(head)
     if args.config:
         cfg = config_lib.load(args.config, args.overrides)
     else:  # column names from --set alone, on top of the defaults of the head's task
-        task = head if head in config_lib.TASKS else "finetune"
+        task = next((t for t, module in tasks.RECIPES.items() if module == head_spec.recipe),
+                    "finetune")
         raw = {"task": task, "model": {"pretrained": args.model}, "data": {"train_file": args.file}}
         cfg = config_lib.from_dict(config_lib.apply_overrides(raw, args.overrides))
     if head_spec.recipe is None:

@@ -163,6 +163,29 @@ def _validate_token_classification_data(d: TokenClassificationDataConfig) -> Non
 
 
 @dataclasses.dataclass(frozen=True)
+class QuestionAnsweringDataConfig:
+    """``task: question_answering`` (extractive QA, SQuAD-style)."""
+
+    # An HF `datasets` name ("squad", "squad_v2"), for users online ...
+    dataset: str | None = None
+    dataset_config: str | None = None
+    # ... or SQuAD v1.1/v2.0 JSON files (data[].paragraphs[].qas[]).
+    train_file: str | None = None
+    validation_file: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    version_2_with_negative: bool = False  # SQuAD v2: questions may have no answer
+    max_seq_length: int = 384  # question + context window, in tokens
+    doc_stride: int = 128  # tokens of context shared by consecutive windows of a long context
+    max_query_length: int = 64  # longer questions are cut to this many tokens (as BERT's run_squad)
+    n_best: int = 20  # start and end candidates per window in post-processing
+    max_answer_length: int = 30  # longest answer, in tokens
+    # v2: answer "no answer" when its score beats the best span's by more than this.
+    null_score_diff_threshold: float = 0.0
+    bucket_sizes: list[int] = dataclasses.field(default_factory=lambda: [128, 256, 384, 512])
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimConfig:
     name: str = "adamw"  # adamw, lamb, or sgd (b1 is its momentum; 0 for none)
     lr: float = 2e-5  # peak learning rate
@@ -220,9 +243,9 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    task: str = "finetune"  # finetune (sequence classification), token_classification or pretrain
+    task: str = "finetune"  # finetune (sequence classification), token_classification, question_answering or pretrain
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    data: FinetuneDataConfig | PretrainDataConfig = dataclasses.field(
+    data: FinetuneDataConfig | PretrainDataConfig | QuestionAnsweringDataConfig = dataclasses.field(
         default_factory=FinetuneDataConfig
     )
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -233,10 +256,11 @@ class Config:
         return dataclasses.asdict(self)
 
 
-TASKS = ("finetune", "pretrain", "token_classification")
+TASKS = ("finetune", "pretrain", "token_classification", "question_answering")
 SECTIONS = ("model", "data", "optim", "mesh", "train")
 DATA_CLASSES = {"finetune": FinetuneDataConfig, "pretrain": PretrainDataConfig,
-                "token_classification": TokenClassificationDataConfig}
+                "token_classification": TokenClassificationDataConfig,
+                "question_answering": QuestionAnsweringDataConfig}
 
 
 # --------------------------------------------------------------------------------------------
@@ -683,6 +707,8 @@ def validate(cfg: Config) -> None:
         _validate_finetune_data(cfg.data)
     elif cfg.task == "token_classification":
         _validate_token_classification_data(cfg.data)
+    elif cfg.task == "question_answering":
+        _validate_question_answering_data(cfg.data)
     else:
         _validate_pretrain_data(cfg.data)
     _validate_optim(cfg.optim)
@@ -694,7 +720,7 @@ def _validate_model(task: str, m: ModelConfig) -> None:
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
         _within(f"model.{name}", getattr(m, name), 0, 1)
     from_scratch = "by `task: pretrain` from scratch (without model.pretrained)"
-    if task == "finetune":
+    if task != "pretrain":
         if m.pretrained is None:
             raise ConfigError("fine-tuning needs model.pretrained (an HF folder, hub id or asset:)")
         _unused_unless("model", m, ("size", "family"), from_scratch)
@@ -761,6 +787,31 @@ def _validate_finetune_data(d: FinetuneDataConfig) -> None:
             )
         if len(set(names)) != len(names):
             raise ConfigError(f"data.labels={_show(d.labels)} must be distinct")
+    for i, size in enumerate(d.bucket_sizes):
+        _positive(f"data.bucket_sizes[{i}]", size)
+    if any(a >= b for a, b in zip(d.bucket_sizes, d.bucket_sizes[1:])):
+        raise ConfigError(f"data.bucket_sizes={_show(d.bucket_sizes)} must be increasing")
+
+
+def _validate_question_answering_data(d: QuestionAnsweringDataConfig) -> None:
+    for name in ("max_seq_length", "doc_stride", "max_query_length", "n_best", "max_answer_length"):
+        _positive(f"data.{name}", getattr(d, name))
+    room = d.max_seq_length - d.max_query_length - 3  # [CLS] question [SEP] context [SEP]
+    if d.doc_stride >= room:
+        raise ConfigError(
+            f"data.doc_stride={d.doc_stride} must be below max_seq_length - max_query_length - 3 "
+            f"= {room}: the context part of a window must be longer than the overlap"
+        )
+    if d.dataset is None and d.train_file is None:
+        raise ConfigError("set data.train_file (a SQuAD JSON file) or data.dataset (squad, squad_v2)")
+    if d.dataset is not None and d.train_file is not None:
+        raise ConfigError("set either data.train_file or data.dataset, not both")
+    if d.dataset is None:
+        _unused_unless("data", d, ("dataset_config", "train_split", "validation_split"),
+                       "with data.dataset")
+    if not d.version_2_with_negative and d.null_score_diff_threshold != 0.0:
+        raise ConfigError("data.null_score_diff_threshold is only used with "
+                          "data.version_2_with_negative: true")
     for i, size in enumerate(d.bucket_sizes):
         _positive(f"data.bucket_sizes[{i}]", size)
     if any(a >= b for a, b in zip(d.bucket_sizes, d.bucket_sizes[1:])):

@@ -72,6 +72,51 @@ def _classification_prediction(config, outputs) -> dict[str, Any]:
     return row
 
 
+# ---------------------------------------------------------------------------- question answering
+
+
+class QuestionAnsweringHead(nn.Module):
+    """Extractive QA on any family's trunk: one linear ``qa_outputs`` (hidden -> 2) per token,
+    as HF ``*ForQuestionAnswering``; returns ``start_logits [B, L]`` and ``end_logits [B, L]``.
+
+    Dropout before ``qa_outputs`` only where HF has it: DistilBERT's ``qa_dropout``. HF's BERT,
+    RoBERTa, ALBERT and ELECTRA QA heads apply none (their trunks' hidden dropout only), so a
+    config without ``qa_dropout`` gets none — not ``classifier_dropout``, which they ignore.
+    """
+
+    config: Any
+    trunk: Callable[..., Any]  # (config, name) -> the family's trunk module
+    trunk_name: str
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
+                 position_ids=None):
+        from jaxtl.families.layers import dense
+
+        c = self.config
+        hidden_BxLxD = self.trunk(c, self.trunk_name)(
+            input_ids, attention_mask, token_type_ids, deterministic, position_ids
+        )
+        if isinstance(hidden_BxLxD, tuple):  # (hidden, pooled) trunks
+            hidden_BxLxD = hidden_BxLxD[0]
+        rate = getattr(c, "qa_dropout", 0.0) or 0.0
+        hidden_BxLxD = nn.Dropout(rate)(hidden_BxLxD, deterministic=deterministic)
+        logits_BxLx2 = dense(c, 2, ("embed", None), "qa_outputs")(hidden_BxLxD)
+        return {"start_logits": logits_BxLx2[..., 0], "end_logits": logits_BxLx2[..., 1]}
+
+
+_QUESTION_ANSWERING = HeadSpec(
+    "question_answering", ("start_logits", "end_logits"),
+    "extractive question answering (answer span start/end per token), HF *ForQuestionAnswering",
+    task=lambda config: steps.QUESTION_ANSWERING,
+    best_metric=lambda config: "f1",
+    hf_suffix="ForQuestionAnswering",
+    module=QuestionAnsweringHead,
+    weight_prefixes=("qa_outputs.",),
+    recipe="jaxtl.tasks.question_answering",
+)
+
+
 HEADS: dict[str | None, HeadSpec] = {
     None: HeadSpec(
         None, ("last_hidden_state", "pooler_output"), "the bare encoder (HF *Model)",
@@ -91,6 +136,7 @@ HEADS: dict[str | None, HeadSpec] = {
         best_metric=lambda config: "pearson" if _is_regression(config) else "accuracy",
         recipe="jaxtl.tasks.classification",
     ),
+    "question_answering": _QUESTION_ANSWERING,
 }
 
 

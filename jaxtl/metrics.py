@@ -145,3 +145,67 @@ def token_classification_metrics(gold_tags, predicted_tags, scheme: str = "IOB2"
         result["entity_recall"] = float(seq.recall_score(gold_tags, predicted_tags, zero_division=0, **kwargs))
         result["entity_f1"] = float(seq.f1_score(gold_tags, predicted_tags, zero_division=0, **kwargs))
     return result
+
+
+# ---------------------------------------------------------------------------- SQuAD EM / F1
+# The official SQuAD v1.1 / v2.0 evaluation scripts' formulas, written out: no package ships them
+# offline (HF `evaluate` fetches its "squad" metric from the hub).
+
+
+def normalize_answer(text: str) -> str:
+    """The official normalization: lowercase, drop punctuation, drop the articles a/an/the,
+    collapse whitespace."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_exact(gold: str, prediction: str) -> int:
+    return int(normalize_answer(gold) == normalize_answer(prediction))
+
+
+def squad_f1(gold: str, prediction: str) -> float:
+    """Bag-of-tokens F1 of normalized answers; an empty side scores 1 only against empty (v2)."""
+    from collections import Counter
+
+    gold_tokens = normalize_answer(gold).split()
+    pred_tokens = normalize_answer(prediction).split()
+    if not gold_tokens or not pred_tokens:
+        return float(gold_tokens == pred_tokens)
+    same = sum((Counter(gold_tokens) & Counter(pred_tokens)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_metrics(golds: list[list[str]], predictions: list[str]) -> dict[str, float]:
+    """``exact`` and ``f1`` (in percent, as the official scripts) of one prediction per question
+    against its gold answers (max over them), with the v2 splits ``HasAns_*`` / ``NoAns_*`` when
+    some question has no answer (its gold is ``[]``; only "" scores there).
+
+    Gold answers that normalize to "" are dropped, and a question left without any is a no-answer
+    question (the v2.0 script's rule).
+    """
+    if len(golds) != len(predictions):
+        raise ValueError(f"{len(golds)} gold answer lists but {len(predictions)} predictions")
+    if not golds:
+        raise ValueError("no questions to score")
+    exact, f1, has_answer = [], [], []
+    for answers, prediction in zip(golds, predictions):
+        answers = [a for a in answers if normalize_answer(a)] or [""]
+        has_answer.append(answers != [""])
+        exact.append(max(squad_exact(a, prediction) for a in answers))
+        f1.append(max(squad_f1(a, prediction) for a in answers))
+    exact, f1, has_answer = np.array(exact, float), np.array(f1, float), np.array(has_answer)
+    out = {"exact": 100.0 * exact.mean(), "f1": 100.0 * f1.mean(), "total": float(len(golds))}
+    if not has_answer.all():
+        for name, keep in (("HasAns", has_answer), ("NoAns", ~has_answer)):
+            out[f"{name}_total"] = float(keep.sum())
+            if keep.any():
+                out[f"{name}_exact"] = 100.0 * exact[keep].mean()
+                out[f"{name}_f1"] = 100.0 * f1[keep].mean()
+    return out

@@ -107,6 +107,38 @@ def sop_pretraining_loss(outputs: dict, batch: Batch) -> tuple[jax.Array, Metric
     return loss + metrics["sop_loss_sum"] / jnp.maximum(metrics["count"], 1.0), metrics
 
 
+def question_answering_loss(outputs: dict, batch: Batch) -> tuple[jax.Array, Metrics]:
+    """HF's QA loss: the mean of the start and the end cross-entropy over the positions.
+
+    ``outputs["start_logits"]``, ``outputs["end_logits"]``: ``[B, L]``; ``batch["start_positions"]``,
+    ``batch["end_positions"]``: ``[B]`` token indices (0 = [CLS], "no answer here");
+    ``batch["example_weight"]`` ``[B]``. As HF, positions are clamped to ``[0, L]`` and ``L`` (a
+    position past the input) is ignored, each of start and end averaged over its own kept rows.
+    Metric sums: ``start_loss_sum``/``start_count``, ``end_loss_sum``/``end_count``, and
+    ``loss_sum`` = half the sum of both over ``count`` rows (HF's loss when no row is ignored,
+    always so for jaxtl's own features); ``span_correct`` counts rows with both ends right.
+    """
+    weight_B = batch["example_weight"].astype(jnp.float32)
+    metrics = {"count": weight_B.sum()}
+    loss = 0.0
+    right_B = weight_B
+    for end in ("start", "end"):
+        logits_BxL = outputs[f"{end}_logits"].astype(jnp.float32)
+        length = logits_BxL.shape[-1]
+        positions_B = jnp.clip(batch[f"{end}_positions"].astype(jnp.int32), 0, length)
+        kept_B = weight_B * (positions_B < length)
+        ce_B = optax.softmax_cross_entropy_with_integer_labels(
+            logits_BxL, jnp.minimum(positions_B, length - 1)
+        )
+        metrics[f"{end}_loss_sum"] = (ce_B * kept_B).sum()
+        metrics[f"{end}_count"] = kept_B.sum()
+        loss = loss + metrics[f"{end}_loss_sum"] / jnp.maximum(metrics[f"{end}_count"], 1.0) / 2
+        right_B = right_B * (logits_BxL.argmax(-1) == positions_B)
+    metrics["loss_sum"] = (metrics["start_loss_sum"] + metrics["end_loss_sum"]) / 2
+    metrics["span_correct"] = right_B.sum()
+    return loss, metrics
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     """What differs between fine-tuning and pretraining: model inputs and the loss."""
@@ -130,6 +162,7 @@ class Task:
 
 CLASSIFICATION = Task("classification", lambda outputs, batch: classification_loss(outputs["logits"], batch))
 PRETRAINING = Task("pretraining", pretraining_loss, extra_inputs=("masked_positions",))
+QUESTION_ANSWERING = Task("question_answering", question_answering_loss)
 PRETRAINING_MLM_ONLY = Task(
     "pretraining_mlm", functools.partial(pretraining_loss, nsp=False), extra_inputs=("masked_positions",)
 )
@@ -287,6 +320,8 @@ def summarize(sums: dict[str, Any]) -> dict[str, float]:
         token_count = max(s["token_count"], 1.0)
         out["loss"] = s["loss_sum"] / token_count
         out["token_accuracy"] = s["token_correct"] / token_count
+    if "span_correct" in s:  # question answering: both ends of the span right
+        out["span_accuracy"] = s["span_correct"] / count
     if "grad_norm" in s and "steps" in s:
         out["grad_norm"] = s["grad_norm"] / max(s["steps"], 1.0)
     if s.get("nonfinite"):

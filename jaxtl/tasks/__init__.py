@@ -4,6 +4,7 @@ evaluation sets, and hand them to the loop (:func:`jaxtl.train.train_loop`). One
 * :mod:`jaxtl.tasks.classification` — ``task: finetune`` (sequence classification/regression)
 * :mod:`jaxtl.tasks.pretraining` — ``task: pretrain``
 * :mod:`jaxtl.tasks.token_classification` — ``task: token_classification`` (NER, tagging)
+* :mod:`jaxtl.tasks.question_answering` — ``task: question_answering`` (extractive, SQuAD)
 
     results = jaxtl.tasks.run(jaxtl.config.load("configs/demo_finetune.yaml"), "runs/demo")
 
@@ -24,7 +25,8 @@ from jaxtl.train import Setup
 
 # config `task` -> the module whose setup(cfg) builds it
 RECIPES = {"finetune": "jaxtl.tasks.classification", "pretrain": "jaxtl.tasks.pretraining",
-           "token_classification": "jaxtl.tasks.token_classification"}
+           "token_classification": "jaxtl.tasks.token_classification",
+           "question_answering": "jaxtl.tasks.question_answering"}
 # `jaxtl finetune` runs every task but pretraining
 FINETUNE_TASKS = tuple(task for task in RECIPES if task != "pretrain")
 
