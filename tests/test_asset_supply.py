@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from jaxtl import assets
+from jaxtl.assets import archives, builders, fetch
 from jaxtl.errors import AssetError
 
 SDIST = "vaderSentiment-3.3.2.tar.gz"
@@ -193,9 +194,9 @@ def test_pip_index_settings_follow_pips_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
     for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
         monkeypatch.delenv(name, raising=False)
-    settings = assets._pip_settings()
+    settings = fetch._pip_settings()
     assert settings["index-url"] == "https://download.example/simple"  # [download] over [global]
-    assert assets._package_sources(settings) == [  # local first
+    assert fetch._package_sources(settings) == [  # local first
         ("links", tmp_path.as_uri()),
         ("index", "https://download.example/simple"),
         ("index", "https://a.example/simple"),
@@ -203,21 +204,21 @@ def test_pip_index_settings_follow_pips_precedence(tmp_path, monkeypatch):
     ]
     monkeypatch.setenv("PIP_INDEX_URL", "http://env.example/simple")  # variables over files
     monkeypatch.setenv("PIP_NO_INDEX", "1")
-    settings = assets._pip_settings()
+    settings = fetch._pip_settings()
     assert settings["index-url"] == "http://env.example/simple"
-    assert assets._package_sources(settings) == [("links", tmp_path.as_uri())]
+    assert fetch._package_sources(settings) == [("links", tmp_path.as_uri())]
 
 
 def test_without_any_pip_config_the_index_is_pypi(monkeypatch):
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
         monkeypatch.delenv(name, raising=False)
-    assert assets._package_sources(assets._pip_settings()) == [("index", "https://pypi.org/simple")]
+    assert fetch._package_sources(fetch._pip_settings()) == [("index", "https://pypi.org/simple")]
 
 
 def test_passwords_in_index_urls_stay_out_of_messages():
     url = "https://user:s3cret@mirror.example:8443/simple"
-    assert assets._redacted(url) == "https://user:****@mirror.example:8443/simple"
+    assert fetch._redacted(url) == "https://user:****@mirror.example:8443/simple"
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -252,14 +253,14 @@ def test_archive_members_outside_the_folder_are_refused(tmp_path, archive, conte
     (tmp_path / archive).write_bytes(content())
     out = tmp_path / "a" / "b" / "out"
     with pytest.raises(AssetError, match=rf"{archive} holds the member '{culprit}'.*refusing"):
-        assets._unpack(tmp_path / archive, out)
+        archives.unpack(tmp_path / archive, out)
     assert not out.exists() and not (tmp_path / "a" / "evil.txt").exists()
 
 
 def test_a_damaged_archive_is_an_asset_error(tmp_path):
     (tmp_path / "x.tar.gz").write_bytes(_tar_gz({"pkg/a.txt": b"a" * 10_000})[:60])
     with pytest.raises(AssetError, match="cannot unpack x.tar.gz"):
-        assets._unpack(tmp_path / "x.tar.gz", tmp_path / "out")
+        archives.unpack(tmp_path / "x.tar.gz", tmp_path / "out")
 
 
 def _deb(members: dict[str, bytes]) -> bytes:
@@ -285,7 +286,7 @@ def _deb(members: dict[str, bytes]) -> bytes:
 def test_a_damaged_deb_is_an_asset_error(tmp_path, deb, message):
     (tmp_path / "x.deb").write_bytes(deb)
     with pytest.raises(AssetError, match=message):
-        assets._extract_deb(tmp_path / "x.deb", tmp_path / "out")
+        archives.extract_deb(tmp_path / "x.deb", tmp_path / "out")
 
 
 def test_a_deb_without_the_expected_html_pages_is_refused(tmp_path):
@@ -295,7 +296,7 @@ def test_a_deb_without_the_expected_html_pages_is_refused(tmp_path):
         (html / name).write_text("<div role='main'><p>One two three four five six seven.</p></div>")
     (tmp_path / "package" / ".deb-name").write_text("python3.11-doc_9_all.deb")
     with pytest.raises(AssetError, match=r"python3.11-doc_9_all.deb holds 3 HTML pages .*400"):
-        assets._build_python_docs(tmp_path / "package", tmp_path / "out")
+        builders.build_python_docs(tmp_path / "package", tmp_path / "out")
 
 
 def test_apt_refusing_the_download_is_an_asset_error(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 import transformers
 
 from jaxtl import assets
+from jaxtl.assets import archives, builders
 from jaxtl.errors import DataError
 
 
@@ -77,7 +78,7 @@ def test_play_documents_parses_scenes_speakers_and_directions():
         "**QUEEN**  \n__\\[Aside]_  \nA friend.\n\n"
         "### SCENE II. Elsewhere.\n\n*Exit.*\n\n**KING**  \n[To QUEEN]_  \nCome, madam.\n"
     )
-    assert assets.play_documents(markdown) == [
+    assert builders.play_documents(markdown) == [
         ["Who goes there?", "Stand.", "And speak!", "A friend."],
         ["Come, madam."],
     ]
@@ -115,7 +116,7 @@ def test_python_docs_documents(asset_cache):
 
 
 def test_sphinx_paragraphs_skip_code_and_admonition_titles():
-    parser = assets._Paragraphs()
+    parser = builders._Paragraphs()
     parser.feed(
         '<div class="sphinxsidebar"><p>Navigation links are not the body of the page.</p></div>'
         '<div class="body" role="main"><h1>socket<a class="headerlink">\u00b6</a></h1>'
@@ -157,7 +158,7 @@ def test_deb_archive_is_unpacked_without_dpkg(tmp_path):
     deb = tmp_path / "x.deb"
     deb.write_bytes(b"!<arch>\n" + member("debian-binary", b"2.0\n")
                     + member("control.tar.xz", b"odd") + member("data.tar.xz", payload.getvalue()))
-    assets._extract_deb(deb, tmp_path / "out")
+    archives.extract_deb(deb, tmp_path / "out")
     assert (tmp_path / "out/usr/share/doc/x/index.html").read_bytes() == b"<p>hello</p>"
 
 
