@@ -169,6 +169,12 @@ def pretrain_setup(cfg: Config) -> Setup:
         folder = None
         family = families.get(m.family)
         base = family.preset(m.size, **{"vocab_size": len(tokenizer), **dict(m.overrides)})
+    if "mlm_logits" not in family.outputs("pretraining"):
+        raise ConfigError(
+            f"`jaxtl pretrain` trains masked-LM heads; the {family.name} pretraining head "
+            f"({family.architecture('pretraining')}) returns {', '.join(family.outputs('pretraining'))}, "
+            "whose training data jaxtl does not build. Fine-tune this checkpoint instead"
+        )
     _check_vocab(tokenizer, base, str(tokenizer_folder))
     if d.max_seq_length > base.max_position_embeddings:
         raise ConfigError(
