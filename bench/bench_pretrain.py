@@ -38,6 +38,7 @@ def make_batches(args) -> tuple[list[dict], int]:
     from jaxtl import assets, hf
     from jaxtl.config import PretrainDataConfig
     from jaxtl.data import pretraining as pt
+    from jaxtl.data.batching import PretrainingBatcher
 
     text = Path(assets.resolve("asset:shakespeare")).read_text(encoding="utf-8")
     scenes = text.split("\n\n")[:120]
@@ -48,7 +49,8 @@ def make_batches(args) -> tuple[list[dict], int]:
                                  validation_fraction=0.0)
         tokenizer = hf.tokenizer("asset:all-MiniLM-L6-v2")
         data, _ = pt.load_pretraining_data(cfg, tokenizer, model_vocab_size=len(tokenizer))
-    batches = [data.train_batch(i, batch_size=args.batch_size, seed=0) for i in range(args.num_batches)]
+    batcher = PretrainingBatcher(data, batch_size=args.batch_size, seed=0)
+    batches = [batcher.train_batch(i) for i in range(args.num_batches)]
     return batches, len(tokenizer)
 
 

@@ -136,9 +136,11 @@ def _init_distributed(args) -> None:
 
 
 def _run(args) -> int:
-    from jaxtl import config as config_lib, tasks
+    from jaxtl import config as config_lib
 
-    cfg = config_lib.load(args.config, args.overrides)
+    cfg = config_lib.load(args.config, args.overrides)  # before importing jax: bad configs fail fast
+    from jaxtl import tasks
+
     if cfg.task != args.command:
         raise config_lib.ConfigError(
             f"{args.config} is a task={cfg.task!r} config; use `jaxtl {cfg.task}`"
@@ -184,6 +186,7 @@ def _predict_all(cfg, model, params, tokenizer, path, batch_size, require_labels
     import numpy as np
 
     from jaxtl.data import classification as cls_data
+    from jaxtl.data.batching import ClassificationBatcher
     from jaxtl.errors import DataError
 
     labels = model.config.labels
@@ -200,9 +203,8 @@ def _predict_all(cfg, model, params, tokenizer, path, batch_size, require_labels
                            batch["token_type_ids"])["logits"]
 
     logits = np.zeros((len(split), model.config.num_labels), np.float32)
-    for batch in cls_data.eval_batches(split, batch_size=batch_size, bucket_sizes=cfg.data.bucket_sizes,
-                                       max_seq_length=cfg.data.max_seq_length,
-                                       pad_id=tokenizer.pad_token_id or 0):
+    batches = ClassificationBatcher(split, batch_size=batch_size, bucket_sizes=cfg.data.bucket_sizes)
+    for batch in batches.eval_batches():
         index = batch.pop("index")
         out = np.asarray(forward({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}))
         keep = index >= 0
@@ -260,20 +262,13 @@ def _export(args) -> int:
     ckpt_dir = Path(args.workdir) / "checkpoints"
     if not ckpt_dir.is_dir():
         raise CheckpointError(f"{args.workdir} has no checkpoints/ folder")
-    ckpts = checkpoint.Checkpointer(ckpt_dir)
-    if args.best:
-        best = ckpts.read_meta(ckpts.latest_step()).get("best") if ckpts.latest_step() is not None else None
-        if not best:
-            raise CheckpointError(f"{ckpt_dir} records no best step (was there a validation set?)")
-        step = best["step"]
-    else:
-        step = args.step if args.step is not None else ckpts.latest_step()
-    if step is None:
-        raise CheckpointError(f"{ckpt_dir} holds no checkpoint")
-    if step not in ckpts.steps():
-        raise CheckpointError(f"{ckpt_dir} has no checkpoint of step {step}; it has {ckpts.steps()}")
-    model, tokenizer = tasks.model_from_meta(ckpts.read_meta(step))
-    params, _ = ckpts.restore_params(sharding.abstract_params(model), step=step)
+    ckpts = checkpoint.Checkpointer(ckpt_dir, read_only=True)
+    step = "best" if args.best else args.step  # None: the latest
+    found = ckpts.read_meta(step if isinstance(step, int) else None)
+    if found is None:
+        raise CheckpointError(f"{ckpt_dir} holds no readable checkpoint")
+    model, tokenizer = tasks.model_from_meta(found[0])  # the run's model, whatever step
+    params, step = ckpts.restore_params(sharding.abstract_params(model), step=step)
     hf.save(model, jax.device_get(params), args.out, tokenizer=tokenizer)
     print(f"exported step {step} of {args.workdir} to {args.out}", file=sys.stderr)
     return 0

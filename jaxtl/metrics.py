@@ -1,7 +1,7 @@
 """Evaluation metrics over a whole split, computed by scikit-learn and SciPy (not re-derived here).
 
 Inputs are host numpy arrays gathered after evaluation, with padding rows already removed
-(``example_weight == 0`` rows of :func:`jaxtl.data.classification.eval_batches`).
+(``example_weight == 0`` rows of :meth:`jaxtl.data.batching.Batcher.eval_batches`).
 """
 
 from __future__ import annotations

@@ -92,6 +92,7 @@ def _exporter(model, tokenizer):
 
 def finetune_setup(cfg: Config) -> Setup:
     from jaxtl.data import classification as cls_data
+    from jaxtl.data.batching import ClassificationBatcher
 
     d, t = cfg.data, cfg.train
     folder = hf.resolve(cfg.model.pretrained)
@@ -121,12 +122,9 @@ def finetune_setup(cfg: Config) -> Setup:
     accum = cfg.optim.grad_accum_steps
     micro = t.batch_size // accum
     eval_batch = t.eval_batch_size or 2 * t.batch_size
-    pad_id = tokenizer.pad_token_id or 0
-    common = dict(bucket_sizes=d.bucket_sizes, max_seq_length=d.max_seq_length, pad_id=pad_id,
+    common = dict(bucket_sizes=d.bucket_sizes, seed=t.seed,
                   process_index=jax.process_index(), process_count=jax.process_count())
-
-    def train_batch(step: int):
-        return cls_data.train_batch(data.train, step, batch_size=micro, seed=t.seed, **common)
+    train_batches = ClassificationBatcher(data.train, batch_size=micro, **common)
 
     def make_eval(split) -> EvalSet:
         def finish(outputs, index):
@@ -134,10 +132,11 @@ def finetune_setup(cfg: Config) -> Setup:
             return head_spec.metrics(config, split.labels[index[keep]],
                                      {k: v[keep] for k, v in outputs.items()})
 
+        batches = ClassificationBatcher(split, batch_size=eval_batch, **common)
         return EvalSet(
             name=split.name,
-            batches=lambda: cls_data.eval_batches(split, batch_size=eval_batch, **common),
-            num_batches=cls_data.num_eval_batches(len(split), eval_batch),
+            batches=batches.eval_batches,
+            num_batches=batches.num_eval_batches,
             finish=finish, output_keys=head_spec.output_keys,
         )
 
@@ -145,8 +144,8 @@ def finetune_setup(cfg: Config) -> Setup:
     return Setup(
         model=model, task=head_spec.task(config), export=_exporter(model, tokenizer),
         pretrained=pretrained,
-        train_batch=train_batch,
-        steps_per_epoch=cls_data.steps_per_epoch(len(data.train), micro),
+        train_batch=train_batches.train_batch,
+        steps_per_epoch=train_batches.steps_per_epoch,
         tokens_per_batch=lambda b: int(b["attention_mask"].sum()),
         eval_sets=eval_sets,
         best_metric=head_spec.best_metric(config),
@@ -157,6 +156,7 @@ def finetune_setup(cfg: Config) -> Setup:
 
 def pretrain_setup(cfg: Config) -> Setup:
     from jaxtl.data import pretraining as pt_data
+    from jaxtl.data.batching import PretrainingBatcher
 
     d, t, m = cfg.data, cfg.train, cfg.model
     tokenizer_folder = hf.resolve(m.tokenizer or m.pretrained)
@@ -169,13 +169,19 @@ def pretrain_setup(cfg: Config) -> Setup:
         folder = None
         family = families.get(m.family)
         base = family.preset(m.size, **{"vocab_size": len(tokenizer), **dict(m.overrides)})
-    if "mlm_logits" not in family.outputs("pretraining"):
+    if "mlm_logits" not in family.pretraining_outputs:
         raise ConfigError(
             f"`jaxtl pretrain` trains masked-LM heads; the {family.name} pretraining head "
-            f"({family.architecture('pretraining')}) returns {', '.join(family.outputs('pretraining'))}, "
-            "whose training data jaxtl does not build. Fine-tune this checkpoint instead"
+            f"({family.architecture('pretraining')}) returns "
+            f"{', '.join(family.pretraining_outputs)}, whose training data jaxtl does not build; "
+            "fine-tune this checkpoint instead"
         )
     _check_vocab(tokenizer, base, str(tokenizer_folder))
+    if d.nsp and "nsp_logits" not in family.pretraining_outputs:
+        raise ConfigError(
+            f"data.nsp is true but {family.name}'s pretraining head has no next-sentence "
+            "prediction (it predicts masked tokens only); set data.nsp: false"
+        )
     if d.max_seq_length > base.max_position_embeddings:
         raise ConfigError(
             f"data.max_seq_length={d.max_seq_length} exceeds the model's "
@@ -189,28 +195,32 @@ def pretrain_setup(cfg: Config) -> Setup:
     accum = cfg.optim.grad_accum_steps
     micro = t.batch_size // accum
     eval_batch = t.eval_batch_size or 2 * t.batch_size
-    procs = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    procs = dict(seed=t.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    train_batches = PretrainingBatcher(train_data, batch_size=micro, **procs)
     eval_sets = []
     if validation is not None:
         # Floors to read the scores against, recorded with every validation result: always the
         # most frequent training token at exactly the masked positions, and the NSP majority label.
+        # The unigram floor counts every process's masks: a one-process batcher sees them all.
+        every_row = PretrainingBatcher(validation, batch_size=eval_batch, seed=t.seed)
         baselines = {"unigram_baseline": pt_data.unigram_baseline_accuracy(
-            train_data, validation, batch_size=eval_batch, seed=t.seed)}
+            train_data, every_row.eval_batches())}
         if d.nsp:
             baselines["nsp_baseline"] = pt_data.nsp_baseline_accuracy(validation)
         log.info("validation baselines: %s", ", ".join(f"{k}={v:.4f}" for k, v in baselines.items()))
+        eval_batches = PretrainingBatcher(validation, batch_size=eval_batch, **procs)
         eval_sets.append(EvalSet(
             name="validation",
-            batches=lambda: validation.eval_batches(batch_size=eval_batch, seed=t.seed, **procs),
-            num_batches=validation.num_eval_batches(eval_batch),
+            batches=eval_batches.eval_batches,
+            num_batches=eval_batches.num_eval_batches,
             finish=lambda outputs, index: dict(baselines),
         ))
     return Setup(
         model=model, task=steps.PRETRAINING if d.nsp else steps.PRETRAINING_MLM_ONLY,
         export=_exporter(model, tokenizer),
         pretrained=pretrained,
-        train_batch=lambda step: train_data.train_batch(step, batch_size=micro, seed=t.seed, **procs),
-        steps_per_epoch=train_data.steps_per_epoch(micro),
+        train_batch=train_batches.train_batch,
+        steps_per_epoch=train_batches.steps_per_epoch,
         tokens_per_batch=lambda b: int(b["attention_mask"].sum()),
         eval_sets=eval_sets,
         best_metric=heads.get(head).best_metric(config),

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -111,17 +110,17 @@ def enable_compilation_cache() -> str | None:
 
 
 class MetricsWriter:
-    """``metrics.jsonl`` (one object per line) and TensorBoard scalars, process 0 only."""
+    """``metrics.jsonl`` (one object per line; see :class:`jaxtl.workdir.MetricsLog`) and
+    TensorBoard scalars, process 0 only."""
 
     def __init__(self, workdir: Path, *, tensorboard: bool, resume_step: int):
         self.enabled = jax.process_index() == 0
-        self.path = workdir / "metrics.jsonl"
-        self.tb = None
+        self.log = self.tb = None
         if not self.enabled:
             return
         # Lines past the step we resume from were written by the interrupted run; they are
         # computed again (identically), so they go, and so does a line torn by a kill.
-        workdir_lib.truncate_metrics(self.path, resume_step)
+        self.log = workdir_lib.MetricsLog(workdir / "metrics.jsonl", resume_step=resume_step)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -130,8 +129,7 @@ class MetricsWriter:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        self.log.write(record)
         if self.tb is not None:
             prefix = record.get("split", "train")
             for key, value in record.items():
@@ -141,11 +139,12 @@ class MetricsWriter:
 
     def sync(self) -> None:
         """Make what was written durable (at checkpoint boundaries)."""
-        if self.enabled and self.path.exists():
-            with self.path.open("a") as f:
-                os.fsync(f.fileno())
+        if self.log is not None:
+            self.log.sync()
 
     def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
         if self.tb is not None:
             self.tb.close()
 
@@ -201,9 +200,7 @@ def _export(setup: Setup, state, out_dir: Path, extra: dict | None = None) -> No
     a kill at any moment leaves the old folder or the new one, never half of one."""
     params = _host(state.params)
     if jax.process_index() == 0:
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        tmp = workdir_lib.staging_path(out_dir)
         setup.export(params, tmp)
         for name, value in (extra or {}).items():
             (tmp / name).write_text(json.dumps(value, indent=2) + "\n")
@@ -272,10 +269,15 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
     t, accum = cfg.train, cfg.optim.grad_accum_steps
     workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0
-    workdir_lib.check_rerun(workdir, cfg.to_dict(), overwrite=overwrite)
+    if overwrite:
+        if primary:
+            workdir_lib.check_rerun(workdir, cfg.to_dict(), overwrite=True)  # deletes the old run
+    else:
+        workdir_lib.check_rerun(workdir, cfg.to_dict(), overwrite=False)  # reads only: every process
     if primary:
         workdir_lib.recover(workdir)
-        (workdir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        workdir_lib.write_text_atomic(workdir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    multihost_utils.sync_global_devices("workdir ready")
 
     updates, eval_every, save_every = _schedule_lengths(cfg, setup)
     mesh = sharding.make_mesh(cfg.mesh)
@@ -421,7 +423,7 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
         writer.close()
     final = {"step": updates, **{name: res for name, res in results.items()}, "best": best}
     if primary:
-        workdir_lib.write_atomic(workdir / "eval_results.json",
+        workdir_lib.write_text_atomic(workdir / "eval_results.json",
                                  json.dumps(final, indent=2, sort_keys=True) + "\n")
     return final
 

@@ -12,6 +12,7 @@ from helpers import WORDS, make_tokenizer
 
 from jaxtl.config import FinetuneDataConfig
 from jaxtl.data import classification as C
+from jaxtl.data.batching import ClassificationBatcher
 from jaxtl.errors import DataError
 
 PAD = 0
@@ -295,9 +296,7 @@ def test_prediction_split_label_column_optional(tok, tmp_path):
     )
     split = C.load_prediction_split(path, cfg(), tok, max_positions=512, labels=("neg", "pos"))
     assert split.name == "predict" and split.labels is None and len(split) == 3
-    batches = list(
-        C.eval_batches(split, batch_size=4, bucket_sizes=BUCKETS, max_seq_length=48, pad_id=PAD)
-    )
+    batches = list(ClassificationBatcher(split, batch_size=4, bucket_sizes=BUCKETS).eval_batches())
     assert len(batches) == 1 and "labels" not in batches[0]
     assert sorted(batches[0]["index"].tolist()) == [-1, 0, 1, 2]
     labelled = write_csv(
@@ -310,16 +309,28 @@ def test_prediction_split_label_column_optional(tok, tmp_path):
 # ---------------------------------------------------------------------------- batching
 
 
-def batch_kw(**kw):
-    return dict(batch_size=16, seed=3, bucket_sizes=BUCKETS, max_seq_length=48, pad_id=PAD) | kw
+def batcher(split, **kw):
+    """The batcher these tests use: 16 rows, seed 3; ``kw`` overrides (processes, ...)."""
+    return ClassificationBatcher(split, **(dict(batch_size=16, seed=3, bucket_sizes=BUCKETS) | kw))
+
+
+def first_examples(split, n):
+    """The split cut to its first ``n`` examples."""
+    return dataclasses.replace(
+        split, input_ids=split.input_ids[:n], token_type_ids=split.token_type_ids[:n],
+        labels=split.labels[:n], texts=split.texts[:n],
+    )  # fmt: skip
 
 
 def test_train_batch_shapes_come_from_the_bucket_set(big):
     lengths = [len(x) for x in big.input_ids]
     assert min(lengths) <= 8 and max(lengths) == 48  # long examples are truncated to 48
     seen = set()
-    for step in range(C.steps_per_epoch(len(big), 16)):
-        batch = C.train_batch(big, step, **batch_kw())
+    batches = batcher(big)
+    assert big.max_seq_length == 48 and big.pad_id == PAD
+    assert batches.buckets == [8, 16, 32, 48]  # 64 and 512 dropped, max_seq_length added
+    for step in range(batches.steps_per_epoch):
+        batch = batches.train_batch(step)
         b, seq_len = batch["input_ids"].shape
         seen.add(seq_len)
         assert b == 16 and seq_len in (8, 16, 32, 48)
@@ -337,15 +348,16 @@ def test_train_batch_shapes_come_from_the_bucket_set(big):
 
 
 def test_train_batch_is_pure_and_each_example_once_per_epoch(big):
-    spe = C.steps_per_epoch(len(big), 16)
+    spe = batcher(big).steps_per_epoch
     assert spe == 500 // 16
     rows = {tuple(x.tolist()): i for i, x in enumerate(big.input_ids)}
     assert len(rows) == len(big)  # distinct examples, so rows identify them
 
     def epoch_examples(epoch, seed=3):
         out = []
+        batches = batcher(big, seed=seed)
         for step in range(epoch * spe, (epoch + 1) * spe):
-            batch = C.train_batch(big, step, **batch_kw(seed=seed))
+            batch = batches.train_batch(step)
             for ids, mask, label in zip(
                 batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True
             ):
@@ -358,33 +370,33 @@ def test_train_batch_is_pure_and_each_example_once_per_epoch(big):
     assert len(set(e0)) == len(e0) == spe * 16  # each at most once; only the remainder dropped
     assert e0 != e1 and set(e0) != set(e1)  # a new order, and another remainder left out
     # Same (seed, step) gives the same batch, whatever was computed in between.
-    first = C.train_batch(big, 5, **batch_kw())
-    C.train_batch(big, 5 + 3 * spe, **batch_kw())
-    fresh = dataclasses.replace(big)  # a split without the cached plan
-    for again in (C.train_batch(big, 5, **batch_kw()), C.train_batch(fresh, 5, **batch_kw())):
+    batches = batcher(big)
+    first = batches.train_batch(5)
+    batches.train_batch(5 + 3 * spe)
+    fresh = batcher(big)  # a batcher without the cached plan
+    for again in (batches.train_batch(5), fresh.train_batch(5)):
         assert all((first[k] == again[k]).all() for k in first)
     assert epoch_examples(0, seed=4) != e0
 
 
 def test_process_slices_concatenate_to_the_global_batch(big):
-    for step in range(C.steps_per_epoch(len(big), 16) + 3):  # all of epoch 0, some of epoch 1
-        whole = C.train_batch(big, step, **batch_kw())
-        parts = [
-            C.train_batch(big, step, **batch_kw(process_index=p, process_count=2)) for p in range(2)
-        ]
+    whole_batches = batcher(big)
+    halves = [batcher(big, process_index=p, process_count=2) for p in range(2)]
+    for step in range(whole_batches.steps_per_epoch + 3):  # all of epoch 0, some of epoch 1
+        whole = whole_batches.train_batch(step)
+        parts = [half.train_batch(step) for half in halves]
         for key in whole:
             assert parts[0][key].shape[0] == 8
             np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
     with pytest.raises(DataError, match="batch size 16 is not divisible by the 3 processes"):
-        C.train_batch(big, 0, **batch_kw(process_count=3))
+        batcher(big, process_count=3)
 
 
 def test_eval_batches_cover_each_example_once_with_zero_weight_padding(big):
     n, bs = len(big), 48
-    batches = list(
-        C.eval_batches(big, batch_size=bs, bucket_sizes=BUCKETS, max_seq_length=48, pad_id=PAD)
-    )
-    assert len(batches) == C.num_eval_batches(n, bs) == 11
+    evals = batcher(big, batch_size=bs)
+    batches = list(evals.eval_batches())
+    assert len(batches) == evals.num_eval_batches == 11
     index = np.concatenate([b["index"] for b in batches])
     weight = np.concatenate([b["example_weight"] for b in batches])
     assert sorted(index[index >= 0].tolist()) == list(range(n))
@@ -405,18 +417,18 @@ def test_eval_batches_cover_each_example_once_with_zero_weight_padding(big):
     widths = [b["input_ids"].shape[1] for b in batches]
     assert widths == sorted(widths) and widths[0] < 48  # shortest first: tight padding
     parts = [
-        list(C.eval_batches(big, batch_size=bs, bucket_sizes=BUCKETS, max_seq_length=48, pad_id=PAD,
-                            process_index=p, process_count=2))
+        list(batcher(big, batch_size=bs, process_index=p, process_count=2).eval_batches())
         for p in range(2)
-    ]  # fmt: skip
+    ]
     for whole, p0, p1 in zip(batches, *parts, strict=True):
         for key in whole:
             np.testing.assert_array_equal(np.concatenate([p0[key], p1[key]]), whole[key])
 
 
 def test_too_few_examples_for_a_batch(big):
-    assert C.steps_per_epoch(33, 16) == 2 and C.num_eval_batches(33, 16) == 3
+    batches = batcher(first_examples(big, 33))
+    assert batches.steps_per_epoch == 2 and batches.num_eval_batches == 3
     with pytest.raises(
         DataError, match="3 training examples are fewer than one batch of train.batch_size=16"
     ):
-        C.steps_per_epoch(3, 16)
+        batcher(first_examples(big, 3)).steps_per_epoch

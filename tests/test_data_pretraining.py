@@ -14,6 +14,9 @@ import transformers
 
 from jaxtl.config import PretrainDataConfig
 from jaxtl.data import pretraining as pt
+from jaxtl.data.batching import PretrainingBatcher
+from jaxtl.data.masking import mask_tokens
+from jaxtl.data.text import read_documents
 from jaxtl.errors import DataError
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -79,6 +82,15 @@ def nsp_data(corpus, tokenizer):
     return train
 
 
+def train_batch(data, step, *, batch_size, seed, **processes):
+    """Batch ``step`` of a fresh batcher (so every call also checks that nothing is cached)."""
+    return PretrainingBatcher(data, batch_size=batch_size, seed=seed, **processes).train_batch(step)
+
+
+def eval_batches(data, *, batch_size, seed, **processes):
+    return PretrainingBatcher(data, batch_size=batch_size, seed=seed, **processes).eval_batches()
+
+
 def unmasked(batch):
     """input_ids with the masked positions' original tokens put back."""
     ids = batch["input_ids"].copy()
@@ -102,7 +114,7 @@ def chosen_mask(batch):
 def test_read_documents_blank_lines_sentences_and_globs(tmp_path):
     write(tmp_path, "a.txt", "First line. Second sentence here!\nThird line\n\n\n  \nNew doc.\n")
     write(tmp_path, "b.txt", "\ufeffOther file, one sentence\nMr. Smith met J. Doe. Then left.")
-    docs = pt.read_documents(PretrainDataConfig(train_files=[str(tmp_path / "*.txt")]))
+    docs = read_documents(PretrainDataConfig(train_files=[str(tmp_path / "*.txt")]))
     assert docs == [
         ["First line.", "Second sentence here!", "Third line"],
         ["New doc."],
@@ -115,9 +127,9 @@ def test_read_documents_from_hf_dataset_folder(tmp_path):
     folder.mkdir()
     write(folder, "train.jsonl", '{"body": "One. Two here."}\n{"body": "Three\\nFour"}\n')
     cfg = PretrainDataConfig(dataset=str(folder), text_column="body")
-    assert pt.read_documents(cfg) == [["One.", "Two here."], ["Three", "Four"]]
+    assert read_documents(cfg) == [["One.", "Two here."], ["Three", "Four"]]
     with pytest.raises(DataError, match="text_column='text'.*columns: body"):
-        pt.read_documents(dataclasses.replace(cfg, text_column="text"))
+        read_documents(dataclasses.replace(cfg, text_column="text"))
 
 
 @pytest.mark.parametrize(
@@ -126,7 +138,11 @@ def test_read_documents_from_hf_dataset_folder(tmp_path):
         ("missing.txt", None, r"missing\.txt does not exist"),
         ("empty.txt", "\n\n  \n", r"empty\.txt: no text"),
         ("one.txt", "just one sentence\n", r"one\.txt: .*one sentence.*next-sentence prediction"),
-        ("latin.txt", b"caf\xe9 latin-1\n", r"latin\.txt is not UTF-8"),
+        (
+            "latin.txt",
+            b"ok\ncaf\xe9\n",
+            r"latin\.txt: not valid UTF-8: byte 0xe9 at offset 6 \(line 2\)",
+        ),
     ],
 )
 def test_bad_corpus_raises_data_error_naming_it(tmp_path, tokenizer, name, content, match):
@@ -144,7 +160,7 @@ def test_single_sentence_is_fine_without_nsp_and_glob_must_match(tmp_path, token
     train, _ = pt.load_pretraining_data(config(path, nsp=False), tokenizer, model_vocab_size=10000)
     assert train.num_instances(0, 0) == 1
     with pytest.raises(DataError, match=r"nothing\*\.txt' matches no files"):
-        pt.read_documents(PretrainDataConfig(train_files=[str(tmp_path / "nothing*.txt")]))
+        read_documents(PretrainDataConfig(train_files=[str(tmp_path / "nothing*.txt")]))
 
 
 def test_tokenizer_must_fit_model_and_have_bert_specials(corpus, tokenizer):
@@ -158,13 +174,13 @@ def test_validation_split_holds_out_whole_documents(corpus, tokenizer):
     cfg = config(corpus[0], validation_fraction=0.25, split_seed=7)
     train, val = pt.load_pretraining_data(cfg, tokenizer, model_vocab_size=10000)
     assert len(val.documents) == 10 and len(train.documents) == 30
-    assert not set(train._tokens.tolist()) & set(val._tokens.tolist())
+    assert not set(train.tokens.tolist()) & set(val.tokens.tolist())
     again, _ = pt.load_pretraining_data(cfg, tokenizer, model_vocab_size=10000)
-    np.testing.assert_array_equal(again._tokens, train._tokens)
+    np.testing.assert_array_equal(again.tokens, train.tokens)
     other, _ = pt.load_pretraining_data(
         dataclasses.replace(cfg, split_seed=8), tokenizer, model_vocab_size=10000
     )
-    assert not np.array_equal(other._tokens, train._tokens)
+    assert not np.array_equal(other.tokens, train.tokens)
 
 
 # ---------------------------------------------------------------------------------- NSP
@@ -191,7 +207,7 @@ def test_nsp_pairs_are_true_continuations_or_other_documents(nsp_data, corpus, t
     special = nsp_data.special
     labels = []
     for step in range(12):
-        batch = nsp_data.train_batch(step, batch_size=64, seed=3)
+        batch = train_batch(nsp_data, step, batch_size=64, seed=3)
         ids = unmasked(batch)
         for row in range(64):
             real = ids[row][batch["attention_mask"][row] == 1]
@@ -233,7 +249,7 @@ def test_nsp_epoch_uses_every_sentence_of_each_document(nsp_data):
     # A random B's unused sentences go back to their document, so an epoch's A and true-B
     # segments hold every token but the few that truncation cut.
     count = nsp_data.num_instances(0, 0)
-    batch = nsp_data.train_batch(0, batch_size=count, seed=0)
+    batch = train_batch(nsp_data, 0, batch_size=count, seed=0)
     ids, types = unmasked(batch), batch["token_type_ids"]
     own = (types == 0) | (batch["nsp_labels"][:, None] == 0)
     covered = ids[own & (batch["attention_mask"] == 1)]
@@ -245,14 +261,14 @@ def test_nsp_epoch_uses_every_sentence_of_each_document(nsp_data):
 def test_short_sequences_and_length_bounds(corpus, tokenizer):
     cfg = config(corpus[0], short_seq_prob=1.0, max_seq_length=64)
     data, _ = pt.load_pretraining_data(cfg, tokenizer, model_vocab_size=10000)
-    batch = data.train_batch(0, batch_size=64, seed=0)
+    batch = train_batch(data, 0, batch_size=64, seed=0)
     lengths = batch["attention_mask"].sum(axis=1)
     assert batch["input_ids"].shape == (64, 64)
     assert lengths.max() <= 64 and np.median(lengths) < 50  # shorter targets were used
     full, _ = pt.load_pretraining_data(
         dataclasses.replace(cfg, short_seq_prob=0.0), tokenizer, model_vocab_size=10000
     )
-    assert np.median(full.train_batch(0, batch_size=64, seed=0)["attention_mask"].sum(1)) > 55
+    assert np.median(train_batch(full, 0, batch_size=64, seed=0)["attention_mask"].sum(1)) > 55
 
 
 # ---------------------------------------------------------------------------------- masking
@@ -274,7 +290,7 @@ def test_masking_statistics(nsp_data):
     counts = {"mask": 0, "random": 0, "same": 0}
     per_position = np.zeros(L)
     for _ in range(3000):
-        masked, positions, labels, weights = pt.mask_tokens(
+        masked, positions, labels, weights = mask_tokens(
             row, rng, special=special, cfg=cfg, max_predictions=P
         )
         chosen = positions[weights > 0]
@@ -305,7 +321,7 @@ def test_masking_statistics(nsp_data):
 def test_batch_masking_fraction_and_never_special(nsp_data):
     chosen_total = eligible_total = 0
     for step in range(5):
-        batch = nsp_data.train_batch(step, batch_size=64, seed=1)
+        batch = train_batch(nsp_data, step, batch_size=64, seed=1)
         ids, chosen = unmasked(batch), chosen_mask(batch)
         eligible = ~np.isin(ids, nsp_data.special.never_mask)
         assert not (chosen & ~eligible).any()  # never [CLS]/[SEP]/padding
@@ -337,7 +353,7 @@ def test_whole_word_masking_masks_whole_words(tmp_path, tokenizer):
         split_words = chosen_pieces = 0
         fractions = []
         for step in range(4):
-            batch = data.train_batch(step, batch_size=32, seed=0)
+            batch = train_batch(data, step, batch_size=32, seed=0)
             ids, chosen = unmasked(batch), chosen_mask(batch)
             continuation = data.special.continuation[ids]
             special = np.isin(ids, data.special.never_mask)
@@ -365,7 +381,7 @@ def test_whole_word_masking_masks_whole_words(tmp_path, tokenizer):
 
 
 def test_batch_shapes_and_types(nsp_data):
-    batch = nsp_data.train_batch(0, batch_size=16, seed=0)
+    batch = train_batch(nsp_data, 0, batch_size=16, seed=0)
     P = nsp_data.max_predictions
     expected = {
         "input_ids": ((16, L), np.int32),
@@ -390,14 +406,14 @@ def test_batches_are_a_pure_function_of_seed_and_step(corpus, tokenizer, nsp_dat
     per_epoch = nsp_data.steps_per_epoch(16)
     assert per_epoch == nsp_data.num_instances(0, 0) // 16
     late = per_epoch * 3 + 2  # in epoch 3
-    first = nsp_data.train_batch(late, batch_size=16, seed=5)
+    first = train_batch(nsp_data, late, batch_size=16, seed=5)
     # a fresh object (as after a restart) with no cached epochs gives the same batch
     fresh, _ = pt.load_pretraining_data(config(corpus[0]), tokenizer, model_vocab_size=10000)
-    assert_batches_equal(first, fresh.train_batch(late, batch_size=16, seed=5))
-    other_step = nsp_data.train_batch(late + 1, batch_size=16, seed=5)
+    assert_batches_equal(first, train_batch(fresh, late, batch_size=16, seed=5))
+    other_step = train_batch(nsp_data, late + 1, batch_size=16, seed=5)
     assert not np.array_equal(first["input_ids"], other_step["input_ids"])
     assert not np.array_equal(first["masked_positions"], other_step["masked_positions"])
-    other_seed = nsp_data.train_batch(late, batch_size=16, seed=6)
+    other_seed = train_batch(nsp_data, late, batch_size=16, seed=6)
     assert not np.array_equal(first["input_ids"], other_seed["input_ids"])
 
 
@@ -405,7 +421,7 @@ def test_the_same_row_is_masked_anew_at_every_step(tmp_path, tokenizer):
     path = write(tmp_path, "row.txt", " ".join(f"w{i}" for i in range(40)) + "\n")
     data, _ = pt.load_pretraining_data(config(path, nsp=False), tokenizer, model_vocab_size=10000)
     assert data.num_instances(0, 0) == 1 and data.steps_per_epoch(1) == 1
-    batches = [data.train_batch(step, batch_size=1, seed=0) for step in range(4)]
+    batches = [train_batch(data, step, batch_size=1, seed=0) for step in range(4)]
     for b in batches[1:]:
         np.testing.assert_array_equal(unmasked(b), unmasked(batches[0]))
     assert len({b["masked_positions"].tobytes() for b in batches}) == 4
@@ -413,44 +429,47 @@ def test_the_same_row_is_masked_anew_at_every_step(tmp_path, tokenizer):
 
 def test_an_epoch_visits_every_instance_once(nsp_data):
     per_epoch, count = nsp_data.steps_per_epoch(8), nsp_data.num_instances(0, 0)
-    rows = [unmasked(nsp_data.train_batch(s, batch_size=8, seed=0)) for s in range(per_epoch)]
+    rows = [unmasked(train_batch(nsp_data, s, batch_size=8, seed=0)) for s in range(per_epoch)]
     rows = np.concatenate(rows)
     assert len({r.tobytes() for r in rows}) == len(rows) == per_epoch * 8 > count - 8
 
 
 def test_two_processes_concatenate_to_one(nsp_data):
-    whole = nsp_data.train_batch(7, batch_size=8, seed=2)
+    whole = train_batch(nsp_data, 7, batch_size=8, seed=2)
     parts = [
-        nsp_data.train_batch(7, batch_size=8, seed=2, process_index=i, process_count=2)
+        train_batch(nsp_data, 7, batch_size=8, seed=2, process_index=i, process_count=2)
         for i in range(2)
     ]
     assert_batches_equal(whole, {k: np.concatenate([p[k] for p in parts]) for k in whole})
-    whole_eval = list(nsp_data.eval_batches(batch_size=8, seed=2))
+    whole_eval = list(eval_batches(nsp_data, batch_size=8, seed=2))
     eval_parts = [
-        list(nsp_data.eval_batches(batch_size=8, seed=2, process_index=i, process_count=2))
+        list(eval_batches(nsp_data, batch_size=8, seed=2, process_index=i, process_count=2))
         for i in range(2)
     ]
     for b, (p0, p1) in zip(whole_eval, zip(*eval_parts), strict=True):
         assert_batches_equal(b, {k: np.concatenate([p0[k], p1[k]]) for k in b})
-    with pytest.raises(DataError, match="batch size 9 is not divisible by the process count 2"):
-        nsp_data.train_batch(0, batch_size=9, seed=0, process_index=0, process_count=2)
+    with pytest.raises(DataError, match="batch size 9 is not divisible by the 2 processes"):
+        train_batch(nsp_data, 0, batch_size=9, seed=0, process_index=0, process_count=2)
 
 
 def test_eval_batches_cover_each_instance_once_with_padding(nsp_data):
-    total = len(nsp_data._eval_instances())
+    total = len(nsp_data.eval_instances())
     assert total % 16  # so the last batch is padded
-    batches = list(nsp_data.eval_batches(batch_size=16, seed=0))
-    assert len(batches) == nsp_data.num_eval_batches(16) == -(-total // 16)
+    batches = list(eval_batches(nsp_data, batch_size=16, seed=0))
+    num_batches = PretrainingBatcher(nsp_data, batch_size=16).num_eval_batches
+    assert len(batches) == num_batches == -(-total // 16)
     weights = np.concatenate([b["example_weight"] for b in batches])
     assert weights.sum() == total and (weights[total:] == 0).all()
+    index = np.concatenate([b["index"] for b in batches])  # as classification's: -1 pads
+    np.testing.assert_array_equal(index, np.r_[np.arange(total), -np.ones(len(index) - total)])
     last = batches[-1]
     assert (last["masked_weights"][last["example_weight"] == 0] == 0).all()
     assert (last["attention_mask"].sum(1) > 0).all()  # padding rows are real rows, weighted 0
     # the same rows and masks whatever the batch size; masks follow the seed
     rows16 = np.concatenate([b["input_ids"] for b in batches])[:total]
-    rows7 = np.concatenate([b["input_ids"] for b in nsp_data.eval_batches(batch_size=7, seed=0)])
+    rows7 = np.concatenate([b["input_ids"] for b in eval_batches(nsp_data, batch_size=7, seed=0)])
     np.testing.assert_array_equal(rows16, rows7[:total])
-    other = np.concatenate([b["input_ids"] for b in nsp_data.eval_batches(batch_size=16, seed=1)])
+    other = np.concatenate([b["input_ids"] for b in eval_batches(nsp_data, batch_size=16, seed=1)])
     assert not np.array_equal(rows16, other[:total])
 
 
@@ -461,7 +480,7 @@ def test_mlm_only_packs_full_rows_covering_the_corpus_once(corpus, tokenizer):
     special = data.special
     count = data.num_instances(0, 0)
     assert count == -(-(data.num_tokens + len(data.documents) - 1) // (L - 2))
-    batches = [data.train_batch(s, batch_size=count, seed=0) for s in range(2)]
+    batches = [train_batch(data, s, batch_size=count, seed=0) for s in range(2)]
     ids = unmasked(batches[0])
     lengths = batches[0]["attention_mask"].sum(1)
     assert (np.sort(lengths)[1:] == L).all()  # every row full but the corpus's last one
@@ -470,7 +489,7 @@ def test_mlm_only_packs_full_rows_covering_the_corpus_once(corpus, tokenizer):
     assert (batches[0]["token_type_ids"] == 0).all() and (batches[0]["nsp_labels"] == 0).all()
     words = ids[:, 1:-1][batches[0]["attention_mask"][:, 1:-1] == 1]
     words = words[words != special.sep_id]
-    assert sorted(words.tolist()) == sorted(data._tokens.tolist())  # each token exactly once
+    assert sorted(words.tolist()) == sorted(data.tokens.tolist())  # each token exactly once
     # document boundaries inside a row are marked with [SEP]
     real_seps = ((ids == special.sep_id) & (batches[0]["attention_mask"] == 1)).sum()
     assert real_seps - count == len(data.documents) - 1
@@ -493,10 +512,10 @@ def test_unigram_baseline_accuracy(tmp_path, tokenizer):
     text = "\n".join(line + ("\n" if i % 10 == 9 else "") for i, line in enumerate(lines))
     cfg = config(write(tmp_path, "freq.txt", text), validation_fraction=0.3)
     train, val = pt.load_pretraining_data(cfg, tokenizer, model_vocab_size=10000)
-    accuracy = pt.unigram_baseline_accuracy(train, val, batch_size=16, seed=0)
+    accuracy = pt.unigram_baseline_accuracy(train, eval_batches(val, batch_size=16, seed=0))
     w7 = tokenizer.convert_tokens_to_ids("w7")
     hits = total = 0
-    for batch in val.eval_batches(batch_size=16, seed=0):
+    for batch in eval_batches(val, batch_size=16, seed=0):
         weights = batch["masked_weights"] * batch["example_weight"][:, None]
         hits += (weights * (batch["masked_labels"] == w7)).sum()
         total += weights.sum()

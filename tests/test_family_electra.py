@@ -31,7 +31,9 @@ import torch
 import transformers
 import yaml
 from helpers import make_tokenizer, read_metrics, sentiment_rows, write_csv
+import flax.linen as nn
 from flax import traverse_util
+from flax.training.train_state import TrainState
 from safetensors.numpy import load_file
 from test_hf_parity import (
     FORWARD_TOL,
@@ -141,7 +143,8 @@ def test_forward_parity(case):
         assert isinstance(model.config, electra.ElectraConfig)
         assert ("embeddings_project" in params["electra"]) == (name == "project")
         out = jax_apply(model, params, batch)
-        assert tuple(out) == families.get("electra").outputs(head)
+        assert tuple(out) == {None: ("last_hidden_state",), "classification": ("logits",),
+                              "pretraining": families.get("electra").pretraining_outputs}[head]
         for key, want in checks:
             assert_close(out[key], want, FORWARD_TOL, f"{name} {head} {key}")
     assert out["logits"].shape == (3, CONFIGS[name]["num_labels"])
@@ -378,9 +381,8 @@ def test_one_step_on_2x2x2_mesh_matches_one_device(make_case, head):
     metrics and parameters."""
     case = make_case("project")
     folder = case["root"] / ("classification" if head == "classification" else "pretraining")
-    model, _ = jaxtl.hf.load(folder, head=head, hidden_dropout_prob=0.0,
-                             attention_probs_dropout_prob=0.0)
-    pretrained = jaxtl.hf.pretrained_weights(folder, model)
+    model, params = jaxtl.hf.load(folder, head=head, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0)
     task = steps.CLASSIFICATION if head == "classification" else steps.REPLACED_TOKEN_DETECTION
     rng = np.random.default_rng(0)
     B, L = 8, 16
@@ -391,19 +393,29 @@ def test_one_step_on_2x2x2_mesh_matches_one_device(make_case, head):
              "example_weight": np.ones(B, np.float32), "labels": rng.integers(0, 3, B).astype(np.int32),
              "replaced_labels": (rng.random((B, L)) < 0.3).astype(np.int32)}
     tx, _ = optim.make_optimizer(OptimConfig(lr=1e-3, schedule="constant", warmup_steps=0),
-                                 jaxtl.hf.abstract_params(model), total_steps=1, num_layers=2)
+                                 params, total_steps=1, num_layers=2)
+    # One host state for both meshes, placed by the shardings create_train_state would give
+    # (as tests/test_sharding.py does: no initialiser to compile per mesh).
+    host_state = jax.device_get(TrainState.create(apply_fn=model.apply, params=params, tx=tx))
+    host_state = host_state.replace(step=np.zeros((), np.int32))
+    rules = sharding.DEFAULT_RULES
     results = {}
-    for shape in [(1, 1, 1), (2, 2, 2)]:
-        data, fsdp, tensor = shape
-        mesh = sharding.make_mesh(MeshConfig(data=data, fsdp=fsdp, tensor=tensor), devices=jax.devices()[: int(np.prod(shape))])
-        rules = sharding.DEFAULT_RULES
-        state, shardings = sharding.create_train_state(model, tx, mesh, rules, rng=jax.random.key(0),
-                                                       pretrained=pretrained)
+    for data, fsdp, tensor in [(1, 1, 1), (2, 2, 2)]:
+        mesh = sharding.make_mesh(MeshConfig(data=data, fsdp=fsdp, tensor=tensor),
+                                  devices=jax.devices()[: data * fsdp * tensor])
+        with sharding.activate(mesh, rules):
+            boxed = jax.eval_shape(sharding.model_init_fn(model), jax.random.key(0))
+        param_shardings = sharding.param_shardings(boxed, mesh, rules)
+        shardings = host_state.replace(
+            step=sharding.replicated(mesh), params=param_shardings,
+            opt_state=sharding.opt_state_shardings(tx, nn.unbox(boxed), param_shardings, mesh))
+        state = jax.device_put(host_state, shardings)
         run = sharding.compile_step(steps.make_train_step(task), mesh, rules, shardings)
         global_batch = sharding.global_batch(batch, mesh)
         with sharding.activate(mesh, rules):  # XLA's CPU optimisations off: half the compile
             step = run.jitted.lower(state, global_batch, RNG).compile(compiler_options=FAST_COMPILE)
             state, metrics = step(state, global_batch, RNG)
+        shape = (data, fsdp, tensor)
         results[shape] = (steps.summarize(jax.device_get(metrics)), jax.device_get(state.params))
     (one, one_params), (mesh8, mesh8_params) = results[(1, 1, 1)], results[(2, 2, 2)]
     print(f"PARITY {head} 2x2x2 vs 1x1x1: {one} / {mesh8}")

@@ -190,15 +190,15 @@ def test_gradient_accumulation_with_sgd_and_clipping_matches_one_big_step(real_b
     batch, vocab = real_batch
     config = BertConfig(vocab_size=vocab, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TINY)
     abstract = hf.abstract_params(build(config, "classification"))
-    sgd = dict(name="sgd", lr=0.5, b1=0.0, warmup_ratio=0.0, schedule="constant", weight_decay=0.0,
-               max_grad_norm=0.05)
+    sgd = dict(name="sgd", lr=5.0, b1=0.0, warmup_ratio=0.0, schedule="constant", weight_decay=0.0,
+               max_grad_norm=0.004)
     big_tx, _ = optim.make_optimizer(OptimConfig(**sgd), abstract, total_steps=10, num_layers=3)
     acc_tx, _ = optim.make_optimizer(OptimConfig(**sgd, grad_accum_steps=2), abstract,
                                      total_steps=10, num_layers=3)
     step = jax.jit(steps.classification_train_step)
     start = tiny_state(config, big_tx)
     big, big_metrics = step(start, batch, jax.random.key(0))
-    assert float(big_metrics["grad_norm"]) > 0.05  # clipping is active
+    assert float(big_metrics["grad_norm"]) > 0.004  # clipping is active
     acc = tiny_state(config, acc_tx)
     for half in (slice(0, 8), slice(8, 16)):
         acc, _ = step(acc, {k: v[half] for k, v in batch.items()}, jax.random.key(0))

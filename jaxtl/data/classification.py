@@ -1,42 +1,32 @@
-"""Fine-tuning data: labelled text (or text pairs) from files or HF datasets, tokenized and batched.
+"""Fine-tuning data: labelled text (or text pairs) → checked labels → tokenized splits.
 
     data = load_classification_data(cfg.data, tokenizer, max_positions=512)
-    batch = train_batch(data.train, step, batch_size=32, seed=0, bucket_sizes=cfg.data.bucket_sizes,
-                        max_seq_length=cfg.data.max_seq_length, pad_id=tokenizer.pad_token_id)
+    train = ClassificationBatcher(data.train, batch_size=32, seed=0, bucket_sizes=[32, 64, 128])
 
-Sources are local ``.csv``, ``.tsv``, ``.json`` (a list of records, a dict of columns, or JSON
-Lines) and ``.jsonl`` files, ``asset:`` names, or an HF ``datasets`` name or folder. Files are
-parsed with the standard library: strict UTF-8, and every problem is a :class:`DataError` that
-names the file, line, column or value.
-
-Batching is a pure function of ``(seed, step)`` — a resumed run sees exactly the batches it would
-have seen — and pads only to one of a few bucket lengths, so a jitted step compiles a handful of
-shapes. Every process computes the same global batch plan and keeps its own slice of rows.
+Sources are tables (:mod:`jaxtl.data.tables`: local CSV/TSV/JSON/JSONL files, ``asset:`` names,
+or an HF ``datasets`` name or folder). Here their values are checked (non-empty texts; labels
+present, numeric for regression, known to the training data for validation/test), mapped to
+label ids and tokenized once to ``data.max_seq_length``; a :class:`Split` records that length and
+the tokenizer's pad id, so batching (:mod:`jaxtl.data.batching`) never asks for them again. Every
+problem is a :class:`DataError` that names the file, line, column or value.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import math
 import re
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from jaxtl import assets
 from jaxtl.config import FinetuneDataConfig
+from jaxtl.data.sources import HubDataset
+from jaxtl.data.tables import Table, hub_table, read_table
 from jaxtl.errors import DataError
 
-# Sortish bucketing sorts windows of this many batches by length: batches of similar lengths pad
-# little, while the window keeps enough randomness in which examples share a batch.
-SORT_WINDOW_BATCHES = 50
 _TOKENIZE_CHUNK = 1024  # examples per tokenizer call: fast, with bounded memory
-_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
 
 
 @dataclasses.dataclass
@@ -50,8 +40,8 @@ class Split:
     # int32 label ids [N] (float32 targets for regression); None without a label column (predict).
     labels: np.ndarray | None
     texts: list[tuple[str, str | None]]  # (text, text_pair) per example, for prediction output
-    # Lengths and the current epoch's batch plan, computed once (not part of the data).
-    _cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+    max_seq_length: int  # no example is longer: the longest batch shape
+    pad_id: int  # the tokenizer's padding id, for batches
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -66,182 +56,6 @@ class ClassificationData:
     regression: bool
 
 
-# ---------------------------------------------------------------------------- reading tables
-
-
-@dataclasses.dataclass
-class _Table:
-    """Raw columns of one source, before any checks on their values."""
-
-    source: str
-    columns: dict[str, list]
-    unit: str  # what `where` counts: "line", "record" or "row"
-    where: list[int]  # per row, its line/record/row number in the source (1-based)
-    class_names: dict[str, list[str]]  # HF ClassLabel columns: names in id order
-
-    def __len__(self) -> int:
-        return len(self.where)
-
-    def column(self, name: str, what: str) -> list:
-        if name not in self.columns:
-            raise DataError(
-                f"{self.source}: no column {name!r} (data.{what}); available columns: "
-                + ", ".join(repr(c) for c in self.columns)
-            )
-        return self.columns[name]
-
-    def at(self, i: int) -> str:
-        return f"{self.source}, {self.unit} {self.where[i]}"
-
-
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}: not valid UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start} "
-            f"(line {line}); re-save the file as UTF-8"
-        ) from None
-    if not text.strip():
-        raise DataError(f"{path}: the file is empty")
-    return text
-
-
-def _read_delimited(path: Path, text: str, delimiter: str) -> _Table:
-    # TSV files (GLUE's among them) carry bare quote characters inside text, so tabs are the
-    # only structure there; CSV uses standard quoting.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    header = [name.strip() for name in next(reader)]
-    columns: dict[str, list] = {name: [] for name in header}
-    if len(columns) != len(header):
-        raise DataError(f"{path}: the header repeats a column name: {header}")
-    where = []
-    for row in reader:
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue  # blank line
-        if len(row) != len(header):
-            kind = "tab" if delimiter == "\t" else "comma"
-            raise DataError(
-                f"{path}, line {reader.line_num}: {len(row)} fields but the header has "
-                f"{len(header)} ({', '.join(header)}); quote text that contains a {kind}"
-            )
-        for name, value in zip(header, row, strict=True):
-            columns[name].append(value)
-        where.append(reader.line_num)
-    if not where:
-        raise DataError(f"{path}: the file has a header but no rows")
-    return _Table(str(path), columns, "line", where, {})
-
-
-def _records_table(path: Path, records: list, unit: str, where: list[int]) -> _Table:
-    columns: dict[str, list] = {}
-    for record, number in zip(records, where, strict=True):
-        if not isinstance(record, dict):
-            raise DataError(f"{path}, {unit} {number}: expected a JSON object, got {record!r:.80}")
-        for key in record:
-            columns.setdefault(key, [])
-    for name, values in columns.items():
-        values.extend(record.get(name) for record in records)
-    if not records:
-        raise DataError(f"{path}: the file holds no records")
-    return _Table(str(path), columns, unit, where, {})
-
-
-def _read_json_lines(path: Path, text: str) -> _Table:
-    records, where = [], []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}, line {number}: not valid JSON ({e.msg})") from None
-        where.append(number)
-    return _records_table(path, records, "line", where)
-
-
-def _read_json(path: Path, text: str) -> _Table:
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError:
-        return _read_json_lines(path, text)  # .json files are often JSON Lines (HF accepts both)
-    if isinstance(document, dict) and len(document) == 1:
-        (inner,) = document.values()
-        if isinstance(inner, list) and all(isinstance(r, dict) for r in inner):
-            document = inner  # {"data": [records]}
-    if isinstance(document, list):
-        return _records_table(path, document, "record", list(range(1, len(document) + 1)))
-    if isinstance(document, dict) and all(isinstance(v, list) for v in document.values()):
-        lengths = {len(v) for v in document.values()}
-        if len(lengths) != 1:
-            raise DataError(f"{path}: the column lists have different lengths {sorted(lengths)}")
-        (n,) = lengths
-        if n == 0:
-            raise DataError(f"{path}: the file holds no records")
-        return _Table(str(path), dict(document), "record", list(range(1, n + 1)), {})
-    raise DataError(
-        f"{path}: expected a JSON list of records, a dict of column lists, or JSON Lines"
-    )
-
-
-def _read_file(path_or_asset: str) -> _Table:
-    path = Path(assets.resolve(path_or_asset))
-    if not path.is_file():
-        raise DataError(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
-    suffix = path.suffix.lower()
-    if suffix not in _SUFFIXES:
-        raise DataError(
-            f"{path}: unsupported file type {suffix!r}; use one of {', '.join(_SUFFIXES)}"
-        )
-    text = _decode(path)
-    if suffix in (".csv", ".tsv"):
-        return _read_delimited(path, text, "," if suffix == ".csv" else "\t")
-    if suffix == ".jsonl":
-        return _read_json_lines(path, text)
-    return _read_json(path, text)
-
-
-class _HubDataset:
-    """An HF `datasets` dataset, loaded once; splits become tables on demand."""
-
-    def __init__(self, name: str, config: str | None):
-        import datasets  # slow to import; only hub users pay for it
-
-        self.name = f"{name}/{config}" if config else name
-        try:
-            self.splits = datasets.load_dataset(name, config)
-        except Exception as e:  # offline, unknown name, missing config: all reported the same way
-            raise DataError(
-                f"could not load dataset {self.name!r} with HF datasets ({type(e).__name__}: {e}). "
-                "Offline? Give local files instead: data.train_file (CSV/TSV/JSON/JSONL)."
-            ) from None
-
-    def has(self, split: str) -> bool:
-        return split in self.splits
-
-    def table(self, split: str, what: str) -> _Table:
-        import datasets
-
-        if split not in self.splits:
-            raise DataError(
-                f"dataset {self.name!r} has no split {split!r} (data.{what}); splits: "
-                + ", ".join(self.splits)
-            )
-        ds = self.splits[split]
-        class_names = {
-            name: list(feature.names)
-            for name, feature in ds.features.items()
-            if isinstance(feature, datasets.ClassLabel)
-        }
-        columns = {name: list(ds[name]) for name in ds.column_names}
-        return _Table(
-            f"{self.name}[{split}]", columns, "row", list(range(1, len(ds) + 1)), class_names
-        )
-
-
 # ---------------------------------------------------------------------------- rows and labels
 
 
@@ -249,7 +63,7 @@ class _HubDataset:
 class _Rows:
     """Checked texts and raw labels of one split (label names, or floats for regression)."""
 
-    table: _Table
+    table: Table
     indices: list[int]  # rows of `table` in this split
     texts: list[str]
     pairs: list[str] | None
@@ -265,7 +79,7 @@ class _Rows:
         )
 
 
-def _text_column(table: _Table, column: str, what: str) -> list[str]:
+def _text_column(table: Table, column: str, what: str) -> list[str]:
     values = table.column(column, what)
     texts = []
     for i, value in enumerate(values):
@@ -287,7 +101,7 @@ def _label_key(value: Any) -> str | None:
     return value or None
 
 
-def _read_labels(table: _Table, cfg: FinetuneDataConfig, required: bool) -> list | None:
+def _read_labels(table: Table, cfg: FinetuneDataConfig, required: bool) -> list | None:
     column = cfg.label_column
     if column not in table.columns and not required:
         return None
@@ -318,7 +132,7 @@ def _read_labels(table: _Table, cfg: FinetuneDataConfig, required: bool) -> list
     return out
 
 
-def _rows(table: _Table, cfg: FinetuneDataConfig, labels_required: bool) -> _Rows:
+def _rows(table: Table, cfg: FinetuneDataConfig, labels_required: bool) -> _Rows:
     texts = _text_column(table, cfg.text_column, "text_column")
     pairs = None
     if cfg.text_pair_column is not None:
@@ -416,6 +230,8 @@ def _split(name: str, source: str, rows: _Rows, label_ids, tokenizer, max_seq_le
         token_type_ids,
         label_ids,
         list(zip(rows.texts, pairs, strict=True)),
+        max_seq_length=max_seq_length,
+        pad_id=tokenizer.pad_token_id or 0,
     )
 
 
@@ -463,20 +279,22 @@ def load_classification_data(
     _check_lengths(cfg, max_positions)
     hub = None
     if cfg.train_file is not None:
-        train_table = _read_file(cfg.train_file)
+        train_table = read_table(cfg.train_file)
     elif cfg.dataset is not None:
-        hub = _HubDataset(cfg.dataset, cfg.dataset_config)
-        train_table = hub.table(cfg.train_split, "train_split")
+        hub = HubDataset(
+            cfg.dataset, cfg.dataset_config, local_hint="data.train_file (CSV/TSV/JSON/JSONL)"
+        )
+        train_table = hub_table(hub, cfg.train_split, "train_split")
     else:
         raise DataError("no training data: set data.train_file or data.dataset")
     train_rows = _rows(train_table, cfg, labels_required=True)
 
     def explicit(file, split, what, optional_default):
         if file is not None:
-            return _rows(_read_file(file), cfg, labels_required=True)
+            return _rows(read_table(file), cfg, labels_required=True)
         if hub is not None and split is not None:
             if hub.has(split) or split != optional_default:
-                return _rows(hub.table(split, what), cfg, labels_required=True)
+                return _rows(hub_table(hub, split, what), cfg, labels_required=True)
         return None
 
     validation_rows = explicit(
@@ -536,179 +354,10 @@ def load_prediction_split(
     (regression, or ``labels`` given — unknown names are a DataError); otherwise None.
     """
     _check_lengths(cfg, max_positions)
-    table = _read_file(path)
+    table = read_table(path)
     rows = _rows(table, cfg, labels_required=False)
     label_ids = None
     if rows.labels is not None and (cfg.regression or labels is not None):
         label_ids = _label_ids(rows, tuple(str(x) for x in labels or ()), cfg)
     return _split("predict", table.source, rows, label_ids, tokenizer, cfg.max_seq_length)
 
-
-# ---------------------------------------------------------------------------- batching
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Full batches per epoch (the remainder is dropped; a new permutation each epoch)."""
-    steps = num_examples // batch_size
-    if steps == 0:
-        raise DataError(
-            f"{num_examples} training examples are fewer than one batch of "
-            f"train.batch_size={batch_size}"
-        )
-    return steps
-
-
-def num_eval_batches(num_examples: int, batch_size: int) -> int:
-    """Batches :func:`eval_batches` yields: every example once, the last batch padded."""
-    return -(-num_examples // batch_size)
-
-
-def _lengths(split: Split) -> np.ndarray:
-    if "lengths" not in split._cache:
-        split._cache["lengths"] = np.fromiter(
-            (len(x) for x in split.input_ids), np.int64, len(split)
-        )
-    return split._cache["lengths"]
-
-
-def _buckets(bucket_sizes, max_seq_length: int) -> list[int]:
-    return sorted({int(b) for b in bucket_sizes if b <= max_seq_length} | {max_seq_length})
-
-
-def _local_rows(batch_size: int, process_index: int, process_count: int) -> slice:
-    if batch_size % process_count:
-        raise DataError(
-            f"batch size {batch_size} is not divisible by the {process_count} processes"
-        )
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} is outside 0..{process_count - 1}")
-    rows = batch_size // process_count
-    return slice(process_index * rows, (process_index + 1) * rows)
-
-
-def _assemble(
-    split: Split, rows_B: np.ndarray, buckets: list[int], pad_id: int, local: slice
-) -> dict[str, np.ndarray]:
-    """Pad global batch rows (-1: a padding row) to one bucket; keep this process's slice."""
-    lengths = _lengths(split)
-    real = rows_B[rows_B >= 0]
-    longest = int(lengths[real].max()) if len(real) else 1
-    if longest > buckets[-1]:
-        raise DataError(
-            f"{split.source}: an example has {longest} tokens, more than max_seq_length="
-            f"{buckets[-1]} (tokenize and batch with the same data.max_seq_length)"
-        )
-    seq_len = next(b for b in buckets if b >= longest)  # one of a few shapes for the whole batch
-    rows_b = rows_B[local]
-    b = len(rows_b)
-    input_ids = np.full((b, seq_len), pad_id, np.int32)
-    attention_mask = np.zeros((b, seq_len), np.int32)
-    token_type_ids = np.zeros((b, seq_len), np.int32)
-    regression = split.labels is not None and split.labels.dtype == np.float32
-    labels = np.zeros(b, np.float32 if regression else np.int32)
-    weight = (rows_b >= 0).astype(np.float32)
-    for i, row in enumerate(rows_b):
-        if row < 0:
-            # A padding row attends to its first position only, so no softmax runs over an
-            # all-masked row (NaN on some attention kernels); its weight of 0 drops it.
-            attention_mask[i, 0] = 1
-            continue
-        n = lengths[row]
-        input_ids[i, :n] = split.input_ids[row]
-        token_type_ids[i, :n] = split.token_type_ids[row]
-        attention_mask[i, :n] = 1
-        if split.labels is not None:
-            labels[i] = split.labels[row]
-    batch = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "token_type_ids": token_type_ids,
-        "example_weight": weight,
-    }
-    if split.labels is not None:
-        batch["labels"] = labels
-    return batch
-
-
-def _epoch_plan(split: Split, seed: int, epoch: int, batch_size: int) -> np.ndarray:
-    """Global example indices [steps_per_epoch, batch_size] for one epoch (cached per epoch)."""
-    key = ("plan", seed, batch_size)
-    cached = split._cache.get(key)
-    if cached is not None and cached[0] == epoch:
-        return cached[1]
-    n = len(split)
-    steps = steps_per_epoch(n, batch_size)
-    rng = np.random.default_rng([seed, epoch])
-    # Drop the remainder before sorting, so the examples left out are random, not the longest.
-    perm = rng.permutation(n)[: steps * batch_size]
-    lengths = _lengths(split)
-    window = batch_size * SORT_WINDOW_BATCHES
-    sortish = np.concatenate(
-        [
-            chunk[np.argsort(lengths[chunk], kind="stable")]
-            for chunk in np.split(perm, range(window, len(perm), window))
-        ]
-    )
-    plan = sortish.reshape(steps, batch_size)[rng.permutation(steps)]
-    split._cache[key] = (epoch, plan)  # only the current epoch: memory stays O(examples)
-    return plan
-
-
-def train_batch(
-    split: Split,
-    step: int,
-    *,
-    batch_size: int,
-    seed: int,
-    bucket_sizes,
-    max_seq_length: int,
-    pad_id: int,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> dict[str, np.ndarray]:
-    """The training batch of global step ``step``: a pure function of ``(seed, step)``.
-
-    Epoch ``step // steps_per_epoch`` shuffles with ``default_rng([seed, epoch])``; windows of
-    ``50 * batch_size`` examples are sorted by length and cut into batches, whose order is then
-    shuffled. The global batch (``batch_size`` rows) is padded to the smallest bucket length that
-    fits its longest row, and this process gets rows ``[p*b, (p+1)*b)``, ``b = batch_size //
-    process_count``.
-
-    Returns int32 ``input_ids``, ``attention_mask``, ``token_type_ids`` [b, L]; ``labels`` [b]
-    (int32, float32 for regression); ``example_weight`` [b] float32 ones.
-    """
-    if split.labels is None:
-        raise DataError(f"{split.source}: training needs labels (column missing or hidden)")
-    local = _local_rows(batch_size, process_index, process_count)
-    epoch, index = divmod(step, steps_per_epoch(len(split), batch_size))
-    rows_B = _epoch_plan(split, seed, epoch, batch_size)[index]
-    return _assemble(split, rows_B, _buckets(bucket_sizes, max_seq_length), pad_id, local)
-
-
-def eval_batches(
-    split: Split,
-    *,
-    batch_size: int,
-    bucket_sizes,
-    max_seq_length: int,
-    pad_id: int,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Every example exactly once, shortest first (tight padding), in global batches.
-
-    The last batch is filled up with rows of ``pad_id`` whose ``example_weight`` is 0 and
-    ``index`` -1. Keys as :func:`train_batch` (``labels`` only when the split has labels) plus
-    ``index`` [b] int32: each row's example index in the split. Each process gets its slice of
-    rows, as in :func:`train_batch`; there are :func:`num_eval_batches` batches.
-    """
-    local = _local_rows(batch_size, process_index, process_count)
-    buckets = _buckets(bucket_sizes, max_seq_length)
-    order = np.argsort(_lengths(split), kind="stable")
-    for start in range(0, len(order), batch_size):
-        rows_B = np.full(batch_size, -1, np.int64)
-        chunk = order[start : start + batch_size]
-        rows_B[: len(chunk)] = chunk
-        batch = _assemble(split, rows_B, buckets, pad_id, local)
-        batch["index"] = rows_B[local].astype(np.int32)
-        yield batch

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from jaxtl.errors import ConfigError
 
 # Family modules, imported on first use of the registry.
-FAMILY_MODULES = ("bert", "electra")
+FAMILY_MODULES = ("bert", "distilbert", "electra")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +43,9 @@ class FamilySpec:
     ignored: tuple[str, ...] = ()
     # Published sizes for from-scratch models: name -> architecture overrides.
     presets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    # head -> the keys this family's model for it returns, where they differ from
-    # jaxtl.heads' HeadSpec.output_keys (e.g. ELECTRA's discriminator: per-token "logits").
-    output_keys: dict[str | None, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # What the "pretraining" head returns: BERT's has an NSP head, MLM-only families (DistilBERT,
+    # RoBERTa, ...) return just mlm_logits, and pretraining them needs data.nsp: false.
+    pretraining_outputs: tuple[str, ...] = ("mlm_logits", "nsp_logits")
 
     @property
     def heads(self) -> tuple[str | None, ...]:
@@ -59,12 +59,6 @@ class FamilySpec:
                 f"{', '.join(str(h) for h in self.models)}"
             )
         return self.models[head][0](config)
-
-    def outputs(self, head: str | None) -> tuple[str, ...]:
-        """The keys of what this family's model for ``head`` returns."""
-        from jaxtl import heads
-
-        return self.output_keys.get(head, heads.get(head).output_keys)
 
     def architecture(self, head: str | None) -> str:
         return self.models[head][1]

@@ -269,8 +269,6 @@ SPEC = register(FamilySpec(
         "electra.embeddings.token_type_ids",
     ),
     presets=PRESETS,
-    output_keys={
-        None: ("last_hidden_state",),  # no pooler
-        "pretraining": ("logits",),  # replaced-token detection, not masked LM
-    },
+    # Replaced-token detection, not masked LM: `jaxtl pretrain` refuses it (no generator data).
+    pretraining_outputs=("logits",),
 ))
