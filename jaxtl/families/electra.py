@@ -143,10 +143,11 @@ class ElectraTrunk(nn.Module):
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        x_BxLxE = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        x_BxLxD = x_BxLxE
         if c.embedding_size != c.hidden_size:
-            x = constrain(self.embeddings_project(x), ("batch", "length", "embed"))
-        return self.encoder(x, as_attention_mask(attention_mask), deterministic)
+            x_BxLxD = constrain(self.embeddings_project(x_BxLxE), ("batch", "length", "embed"))
+        return self.encoder(x_BxLxD, as_attention_mask(attention_mask), deterministic)
 
 
 class ElectraModel(nn.Module):
