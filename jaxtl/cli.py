@@ -141,9 +141,10 @@ def _run(args) -> int:
     cfg = config_lib.load(args.config, args.overrides)  # before importing jax: bad configs fail fast
     from jaxtl import tasks
 
-    if cfg.task != args.command:
+    if (cfg.task == "pretrain") != (args.command == "pretrain"):
         raise config_lib.ConfigError(
-            f"{args.config} is a task={cfg.task!r} config; use `jaxtl {cfg.task}`"
+            f"{args.config} is a task={cfg.task!r} config; use "
+            f"`jaxtl {'pretrain' if cfg.task == 'pretrain' else 'finetune'}`"
         )
     _init_distributed(args)
     results = tasks.run(cfg, args.workdir, overwrite=args.overwrite)
@@ -155,10 +156,12 @@ def _run(args) -> int:
 
 
 def _load_for_inference(args):
-    """Config (for column names), model, params, tokenizer and head of a fine-tuned HF folder.
+    """Config (for column names), model, params, tokenizer and recipe of a fine-tuned HF folder.
 
     The head comes from the folder's ``architectures``; a folder without trained weights for it
     is refused (a newly initialised head would give random predictions)."""
+    import importlib
+
     import jax.numpy as jnp
 
     from jaxtl import config as config_lib, heads, hf, train
@@ -171,52 +174,20 @@ def _load_for_inference(args):
         cfg = config_lib.from_dict(config_lib.apply_overrides(raw, args.overrides))
     head = hf.head_of_folder(args.model)
     head_spec = heads.get(head)
-    if head_spec.format_prediction is None:
+    if head_spec.recipe is None:
+        architectures = hf.read_config(hf.resolve(args.model)).get("architectures")
         raise config_lib.ConfigError(
-            f"{args.model} is a {head or 'bare encoder'} model ({hf.read_config(hf.resolve(args.model)).get('architectures')}); "
+            f"{args.model} holds a {head or 'bare encoder'} model ({architectures}); "
             f"`jaxtl {args.command}` needs a fine-tuned task head"
         )
     model, params = hf.load(args.model, head=head, dtype=jnp.float32, new_heads=False)
     tokenizer = hf.tokenizer(args.model)
-    return cfg, model, params, tokenizer, head_spec
-
-
-def _predict_all(cfg, model, params, tokenizer, path, batch_size, require_labels):
-    import jax
-    import numpy as np
-
-    from jaxtl.data import classification as cls_data
-    from jaxtl.data.batching import ClassificationBatcher
-    from jaxtl.errors import DataError
-
-    labels = model.config.labels
-    split = cls_data.load_prediction_split(
-        path, cfg.data, tokenizer, max_positions=model.config.max_position_embeddings,
-        labels=None if model.config.num_labels == 1 else labels,
-    )
-    if require_labels and split.labels is None:
-        raise DataError(f"{path} has no label column {cfg.data.label_column!r} to evaluate against")
-
-    @jax.jit
-    def forward(batch):
-        return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                           batch["token_type_ids"])["logits"]
-
-    logits = np.zeros((len(split), model.config.num_labels), np.float32)
-    batches = ClassificationBatcher(split, batch_size=batch_size, bucket_sizes=cfg.data.bucket_sizes)
-    for batch in batches.eval_batches():
-        index = batch.pop("index")
-        out = np.asarray(forward({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}))
-        keep = index >= 0
-        logits[index[keep]] = out[keep]
-    return split, logits
+    return cfg, model, params, tokenizer, importlib.import_module(head_spec.recipe)
 
 
 def _evaluate(args) -> int:
-    cfg, model, params, tokenizer, head_spec = _load_for_inference(args)
-    split, logits = _predict_all(cfg, model, params, tokenizer, args.file, args.batch_size, True)
-    result = head_spec.metrics(model.config, split.labels, {"logits": logits})
-    result["examples"] = len(split)
+    cfg, model, params, tokenizer, recipe = _load_for_inference(args)
+    result = recipe.evaluate_file(cfg, model, params, tokenizer, args.file, args.batch_size)
     print(json.dumps(result, indent=2, sort_keys=True))
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -226,15 +197,8 @@ def _evaluate(args) -> int:
 def _predict(args) -> int:
     import csv
 
-    cfg, model, params, tokenizer, head_spec = _load_for_inference(args)
-    split, logits = _predict_all(cfg, model, params, tokenizer, args.file, args.batch_size, False)
-    rows = []
-    for i, (text, pair) in enumerate(split.texts):
-        row = {"text": text}
-        if pair is not None:
-            row["text_pair"] = pair
-        row.update(head_spec.format_prediction(model.config, {"logits": logits[i]}))
-        rows.append(row)
+    cfg, model, params, tokenizer, recipe = _load_for_inference(args)
+    rows = recipe.predict_file(cfg, model, params, tokenizer, args.file, args.batch_size)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".json":
@@ -243,7 +207,7 @@ def _predict(args) -> int:
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     else:
         with out.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["text", "label"])
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["predicted_label"])
             writer.writeheader()
             writer.writerows(rows)
     print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)

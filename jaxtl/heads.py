@@ -35,6 +35,15 @@ class HeadSpec:
     format_prediction: Callable[[Any, dict[str, np.ndarray]], dict[str, Any]] | None = None
     # The eval metric that picks the best model by default.
     best_metric: Callable[[Any], str] | None = None
+    # HF class-name suffix of a head every family shares ("ForTokenClassification"), and its
+    # generic linen module: module(config, trunk=spec.trunk_module, trunk_name=spec.trunk).
+    # None: each family defines the head itself (FamilySpec.models).
+    hf_suffix: str = ""
+    module: type | None = None
+    weight_prefixes: tuple[str, ...] = ()  # HF names of the generic head's weights ("qa_outputs.")
+    # The module (under jaxtl.tasks) whose predict_file / evaluate_file serve `jaxtl predict` and
+    # `jaxtl evaluate` for this head.
+    recipe: str | None = None
 
 
 def _is_regression(config) -> bool:
@@ -56,7 +65,7 @@ def _classification_prediction(config, outputs) -> dict[str, Any]:
         return {"prediction": float(logits[0])}
     z = logits - logits.max()
     probs = np.exp(z) / np.exp(z).sum()
-    row = {"label": config.labels[int(probs.argmax())]}
+    row = {"predicted_label": config.labels[int(probs.argmax())]}
     row.update({f"prob_{name}": float(p) for name, p in zip(config.labels, probs)})
     return row
 
@@ -78,6 +87,7 @@ HEADS: dict[str | None, HeadSpec] = {
         metrics=_classification_metrics,
         format_prediction=_classification_prediction,
         best_metric=lambda config: "pearson" if _is_regression(config) else "accuracy",
+        recipe="jaxtl.tasks.classification",
     ),
 }
 
@@ -86,6 +96,11 @@ def get(name: str | None) -> HeadSpec:
     if name not in HEADS:
         raise ConfigError(f"head {name!r} is unknown; use one of {', '.join(str(h) for h in HEADS)}")
     return HEADS[name]
+
+
+def generic_weight_prefixes() -> tuple[str, ...]:
+    """HF weight-name prefixes of the heads every family shares (head weights, not trunk)."""
+    return tuple(p for spec in HEADS.values() if spec.module is not None for p in spec.weight_prefixes)
 
 
 def names() -> tuple[str | None, ...]:

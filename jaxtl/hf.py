@@ -141,7 +141,9 @@ def _canonical(name: str, spec: FamilySpec) -> str:
         name = name[: -len("gamma")] + "weight"
     elif name.endswith(".beta"):
         name = name[: -len("beta")] + "bias"
-    if name.startswith(spec.head_prefixes) or name.startswith(spec.trunk + "."):
+    from jaxtl import heads
+
+    if name.startswith(spec.head_prefixes + heads.generic_weight_prefixes() + (spec.trunk + ".",)):
         return name
     return f"{spec.trunk}.{name}"
 
@@ -178,7 +180,10 @@ def convert_state_dict(
     for name in spec.ignored:
         by_name.pop(name, None)
 
-    is_head = lambda name: name.startswith(spec.head_prefixes)  # noqa: E731
+    from jaxtl import heads
+
+    head_prefixes = spec.head_prefixes + heads.generic_weight_prefixes()
+    is_head = lambda name: name.startswith(head_prefixes)  # noqa: E731
     loaded, new_heads, missing, mismatched = {}, [], [], []
     for path, target in traverse_util.flatten_dict(abstract_params).items():
         name = hf_name(path)
@@ -197,8 +202,10 @@ def convert_state_dict(
             mismatched.append(f"{name}: checkpoint has shape {stored.shape}, model expects {expected}")
             continue
         loaded[path] = value.astype(target.dtype)
-    dropped = sorted(n for n in by_name if is_head(n))
-    unexpected = sorted(n for n in by_name if not is_head(n))
+    # Weights of other heads, and optional trunk parts this head does not use (e.g. the pooler
+    # under a token-classification head), are dropped and named; anything else is unexpected.
+    dropped = sorted(n for n in by_name if is_head(n) or n.startswith(spec.optional_prefixes))
+    unexpected = sorted(n for n in by_name if n not in dropped)
     problems = []
     if mismatched:
         problems.append("weights of the wrong shape:\n  " + "\n  ".join(mismatched))

@@ -73,7 +73,9 @@ def test_finetune_cli_trains_exports_and_predicts(assets, tmp_path, capsys):
                      "--output", str(out_csv)]) == 0
     import csv
 
-    predicted = [row["label"] for row in csv.DictReader(out_csv.open())]
+    predicted_rows = list(csv.DictReader(out_csv.open()))
+    assert list(predicted_rows[0])[:2] == ["sentence", "label"]  # the input's columns, kept
+    predicted = [row["predicted_label"] for row in predicted_rows]
     tok = transformers.AutoTokenizer.from_pretrained(best)
     texts = [text for text, _ in sentiment_rows(240, seed=1)[192:]]
     with torch.no_grad():

@@ -46,26 +46,52 @@ class FamilySpec:
     # What the "pretraining" head returns: BERT's has an NSP head, MLM-only families (DistilBERT,
     # RoBERTa, ...) return just mlm_logits, and pretraining them needs data.nsp: false.
     pretraining_outputs: tuple[str, ...] = ("mlm_logits", "nsp_logits")
+    # For the heads every family shares (jaxtl.heads with a generic `module`, e.g. token
+    # classification): (config, name) -> the trunk module, called as trunk(input_ids,
+    # attention_mask, token_type_ids, deterministic, position_ids) -> hidden [B, L, D] (or
+    # (hidden, pooled)); and the HF class-name prefix ("Bert" -> "BertForTokenClassification").
+    trunk_module: Callable[..., Any] | None = None
+    hf_prefix: str = ""
+
+    def _generic(self, head):
+        """The registry's shared head ``head`` if this family can build it, else None."""
+        if head in self.models or self.trunk_module is None:
+            return None
+        from jaxtl import heads
+
+        spec = heads.HEADS.get(head)
+        return spec if spec is not None and spec.module is not None else None
 
     @property
     def heads(self) -> tuple[str | None, ...]:
-        return tuple(self.models)
+        from jaxtl import heads
+
+        return tuple(self.models) + tuple(h for h in heads.HEADS if self._generic(h) is not None)
 
     def build(self, config, head: str | None = None):
         """The linen module for ``head`` on this family's trunk."""
-        if head not in self.models:
+        if head in self.models:
+            return self.models[head][0](config)
+        generic = self._generic(head)
+        if generic is None:
             raise ConfigError(
                 f"head={head!r} is not available for {self.name}; use one of "
-                f"{', '.join(str(h) for h in self.models)}"
+                f"{', '.join(str(h) for h in self.heads)}"
             )
-        return self.models[head][0](config)
+        return generic.module(config, trunk=self.trunk_module, trunk_name=self.trunk)
 
     def architecture(self, head: str | None) -> str:
-        return self.models[head][1]
+        if head in self.models:
+            return self.models[head][1]
+        return self.hf_prefix + self._generic(head).hf_suffix
 
     def head_of(self, model) -> str | None:
         for head, (cls, _) in self.models.items():
             if type(model) is cls:
+                return head
+        for head in self.heads:
+            generic = self._generic(head)
+            if generic is not None and type(model) is generic.module:
                 return head
         raise TypeError(f"{type(model).__name__} is not a {self.name} model")
 
@@ -144,7 +170,7 @@ def head_of(model) -> str | None:
 def for_architecture(architecture: str) -> tuple[FamilySpec, str | None] | None:
     """``(family, head)`` of an HF architecture class name (e.g. ``BertForPreTraining``)."""
     for spec in _load_all().values():
-        for head, (_, arch) in spec.models.items():
-            if arch == architecture:
+        for head in spec.heads:
+            if spec.architecture(head) == architecture:
                 return spec, head
     return None

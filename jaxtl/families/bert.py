@@ -411,4 +411,6 @@ SPEC = register(FamilySpec(
         "cls.predictions.decoder.bias",  # tied to cls.predictions.bias
     ),
     presets=PRESETS,
+    trunk_module=lambda config, name: BertTrunk(config, add_pooler=False, name=name),
+    hf_prefix="Bert",
 ))

@@ -365,4 +365,6 @@ SPEC = register(FamilySpec(
     ),
     presets=PRESETS,
     pretraining_outputs=("mlm_logits",),
+    trunk_module=lambda config, name: DistilBertTrunk(config, name=name),
+    hf_prefix="DistilBert",
 ))

@@ -272,4 +272,6 @@ SPEC = register(FamilySpec(
     presets=PRESETS,
     # Replaced-token detection, not masked LM: `jaxtl pretrain` refuses it (no generator data).
     pretraining_outputs=("logits",),
+    trunk_module=lambda config, name: ElectraTrunk(config, name=name),
+    hf_prefix="Electra",
 ))

@@ -1,0 +1,51 @@
+"""Recipes: for a config, build the model, its pretrained weights, the data, the loss and the
+evaluation sets, and hand them to the loop (:func:`jaxtl.train.train_loop`). One module per task:
+
+* :mod:`jaxtl.tasks.classification` — ``task: finetune`` (sequence classification/regression)
+* :mod:`jaxtl.tasks.pretraining` — ``task: pretrain``
+
+    results = jaxtl.tasks.run(jaxtl.config.load("configs/demo_finetune.yaml"), "runs/demo")
+
+A recipe also records with every checkpoint what export needs to rebuild the model without the
+training data (family, head, model config, labels, tokenizer folder): see :func:`model_from_meta`.
+Adding a task is one module here with a ``setup(cfg) -> Setup``, and one entry in ``RECIPES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from jaxtl import train
+from jaxtl.config import Config
+from jaxtl.tasks.common import model_from_meta  # noqa: F401  (export rebuilds models with it)
+from jaxtl.train import Setup
+
+# config `task` -> the module whose setup(cfg) builds it
+RECIPES = {"finetune": "jaxtl.tasks.classification", "pretrain": "jaxtl.tasks.pretraining"}
+# `jaxtl finetune` runs every task but pretraining
+FINETUNE_TASKS = tuple(task for task in RECIPES if task != "pretrain")
+
+
+def recipe(task: str):
+    return importlib.import_module(RECIPES[task])
+
+
+def setup_for(cfg: Config) -> Setup:
+    return recipe(cfg.task).setup(cfg)
+
+
+def finetune_setup(cfg: Config) -> Setup:
+    return recipe("finetune").setup(cfg)
+
+
+def pretrain_setup(cfg: Config) -> Setup:
+    return recipe("pretrain").setup(cfg)
+
+
+def run(cfg: Config, workdir: str | Path, *, overwrite: bool = False) -> dict:
+    """Train per ``cfg.task`` in ``workdir`` (resuming if it has a checkpoint of the same run;
+    ``overwrite`` starts afresh where it holds another)."""
+    train.setup_logging()
+    train.enable_compilation_cache()
+    return train.train_loop(cfg, Path(workdir), setup_for(cfg), overwrite=overwrite)

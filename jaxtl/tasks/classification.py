@@ -1,0 +1,151 @@
+"""Sequence classification and regression: the fine-tuning recipe, and the file-level predict
+and evaluate behind ``jaxtl predict`` / ``jaxtl evaluate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxtl import heads, hf
+from jaxtl.config import Config
+from jaxtl.errors import CheckpointError, ConfigError, DataError
+from jaxtl.tasks import common
+from jaxtl.train import EvalSet, Setup
+
+
+def head_labels(folder: Path, base, head_trained: bool, regression: bool):
+    """The label names a trained head fixes (None: the data's labels decide).
+
+    A head trained on named labels keeps its ids: the data is mapped to them by name (never by
+    position), and a data label the head does not know is an error naming both. Generic names
+    (``LABEL_0`` ...) count as unnamed.
+    """
+    if not head_trained or common.generic_labels(base.labels):
+        return None
+    if regression != (len(base.labels) == 1):
+        raise ConfigError(
+            f"{folder} holds a {'regression' if len(base.labels) == 1 else 'classification'} head "
+            f"but data.regression is {str(regression).lower()}"
+        )
+    return tuple(base.labels)
+
+
+def setup(cfg: Config) -> Setup:
+    from jaxtl.data import classification as cls_data
+    from jaxtl.data.batching import ClassificationBatcher
+
+    d, t = cfg.data, cfg.train
+    folder = hf.resolve(cfg.model.pretrained)
+    tokenizer_folder = hf.resolve(cfg.model.tokenizer) if cfg.model.tokenizer else folder
+    tokenizer = hf.tokenizer(tokenizer_folder)
+    family = hf.family_of(folder)
+    base = hf.load_config(folder)
+    common.check_vocab(tokenizer, base, str(tokenizer_folder))
+    head = "classification"
+    head_spec = heads.get(head)
+    try:
+        head_trained = hf.head_of_folder(folder) == head
+    except CheckpointError:
+        head_trained = False
+    data = cls_data.load_classification_data(
+        d, tokenizer, max_positions=base.max_position_embeddings,
+        labels=head_labels(folder, base, head_trained, d.regression),
+    )
+    if data.train is None or len(data.train) == 0:
+        raise DataError("no training examples")
+    config = common.model_config(
+        cfg, base, labels=tuple(data.labels),
+        problem_type="regression" if data.regression else "single_label_classification",
+    )
+    model = family.build(config, head)
+    pretrained = hf.pretrained_weights(folder, model)
+    accum = cfg.optim.grad_accum_steps
+    micro = t.batch_size // accum
+    eval_batch = t.eval_batch_size or 2 * t.batch_size
+    batching = dict(bucket_sizes=d.bucket_sizes, seed=t.seed,
+                  process_index=jax.process_index(), process_count=jax.process_count())
+    train_batches = ClassificationBatcher(data.train, batch_size=micro, **batching)
+
+    def make_eval(split) -> EvalSet:
+        def finish(outputs, index):
+            keep = index >= 0
+            return head_spec.metrics(config, split.labels[index[keep]],
+                                     {k: v[keep] for k, v in outputs.items()})
+
+        batches = ClassificationBatcher(split, batch_size=eval_batch, **batching)
+        return EvalSet(
+            name=split.name,
+            batches=batches.eval_batches,
+            num_batches=batches.num_eval_batches,
+            finish=finish, output_keys=head_spec.output_keys,
+        )
+
+    eval_sets = [make_eval(s) for s in (data.validation, data.test) if s is not None and len(s)]
+    return Setup(
+        model=model, task=head_spec.task(config), export=common.exporter(model, tokenizer),
+        pretrained=pretrained,
+        train_batch=train_batches.train_batch,
+        steps_per_epoch=train_batches.steps_per_epoch,
+        tokens_per_batch=lambda b: int(b["attention_mask"].sum()),
+        eval_sets=eval_sets,
+        best_metric=head_spec.best_metric(config),
+        meta=common.meta(family, head, config, tokenizer_folder,
+                   labels=list(config.labels), regression=data.regression),
+    )
+
+
+# ---------------------------------------------------------------------------- inference on a file
+
+
+def _logits(cfg, model, params, tokenizer, path, batch_size: int, require_labels: bool):
+    """``(split, logits [N, num_labels])`` for every row of the file ``path``."""
+    from jaxtl.data import classification as cls_data
+    from jaxtl.data.batching import ClassificationBatcher
+
+    labels = model.config.labels
+    split = cls_data.load_prediction_split(
+        path, cfg.data, tokenizer, max_positions=model.config.max_position_embeddings,
+        labels=None if model.config.num_labels == 1 else labels,
+    )
+    if require_labels and split.labels is None:
+        raise DataError(f"{path} has no label column {cfg.data.label_column!r} to evaluate against")
+
+    @jax.jit
+    def forward(batch):
+        return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                           batch["token_type_ids"])["logits"]
+
+    logits = np.zeros((len(split), model.config.num_labels), np.float32)
+    batches = ClassificationBatcher(split, batch_size=batch_size, bucket_sizes=cfg.data.bucket_sizes)
+    for batch in batches.eval_batches():
+        index = batch.pop("index")
+        out = np.asarray(forward({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}))
+        keep = index >= 0
+        logits[index[keep]] = out[keep]
+    return split, logits
+
+
+def evaluate_file(cfg, model, params, tokenizer, path, batch_size: int) -> dict:
+    """The head's metrics on a labelled file (``jaxtl evaluate``)."""
+    split, logits = _logits(cfg, model, params, tokenizer, path, batch_size, require_labels=True)
+    result = heads.get("classification").metrics(model.config, split.labels, {"logits": logits})
+    result["examples"] = len(split)
+    return result
+
+
+def predict_file(cfg, model, params, tokenizer, path, batch_size: int) -> list[dict]:
+    """One output row per input row (``jaxtl predict``): every input column kept as it is (ids to
+    join on), then ``predicted_label`` and ``prob_<label>`` (regression: ``prediction``)."""
+    from jaxtl.data.tables import read_table
+
+    split, logits = _logits(cfg, model, params, tokenizer, path, batch_size, require_labels=False)
+    table = read_table(path)
+    format_prediction = heads.get("classification").format_prediction
+    rows = []
+    for i in range(len(split)):
+        row = {name: values[i] for name, values in table.columns.items()}
+        row.update(format_prediction(model.config, {"logits": logits[i]}))
+        rows.append(row)
+    return rows
