@@ -237,7 +237,7 @@ def layer_depth(path: tuple[str, ...], num_layers: int) -> int:
     return num_layers + 1
 
 
-# Published discriminator sizes (Clark et al. 2020, table 6).
+# Published discriminator sizes (Clark et al. 2020; google/electra-{small,base,large}-discriminator).
 PRESETS = {
     "small": dict(num_hidden_layers=12, hidden_size=256, num_attention_heads=4,
                   intermediate_size=1024, embedding_size=128),
