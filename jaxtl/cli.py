@@ -90,11 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text.capitalize() + ". Column names come "
                            "from the config's data section (or --set data.text_column=...).")
         p.add_argument("--model", required=True, help="an exported HF folder, e.g. WORKDIR/best")
-        p.add_argument("--file", required=True, help="CSV/TSV/JSON/JSONL input")
+        p.add_argument("--file", required=True, help="CSV/TSV/JSON/JSONL input (token "
+                       "classification: CoNLL-style, JSON or JSONL sentences)")
         _add_config_args(p, required=False)
         p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
         if name == "predict":
-            p.add_argument("--output", required=True, help="CSV or JSONL file to write")
+            p.add_argument("--output", required=True, help="CSV or JSONL file to write (token "
+                           "classification: .conll/.txt word<TAB>tag lines, or JSONL)")
         else:
             p.add_argument("--output", help="also write the metrics to this JSON file")
 
@@ -167,13 +169,14 @@ def _load_for_inference(args):
     from jaxtl import config as config_lib, heads, hf, train
 
     train.setup_logging()
-    if args.config:
-        cfg = config_lib.load(args.config, args.overrides)
-    else:  # column names from --set alone, on top of the defaults
-        raw = {"task": "finetune", "model": {"pretrained": args.model}, "data": {"train_file": args.file}}
-        cfg = config_lib.from_dict(config_lib.apply_overrides(raw, args.overrides))
     head = hf.head_of_folder(args.model)
     head_spec = heads.get(head)
+    if args.config:
+        cfg = config_lib.load(args.config, args.overrides)
+    else:  # column names from --set alone, on top of the defaults of the head's task
+        task = head if head in config_lib.TASKS else "finetune"
+        raw = {"task": task, "model": {"pretrained": args.model}, "data": {"train_file": args.file}}
+        cfg = config_lib.from_dict(config_lib.apply_overrides(raw, args.overrides))
     if head_spec.recipe is None:
         architectures = hf.read_config(hf.resolve(args.model)).get("architectures")
         raise config_lib.ConfigError(
@@ -201,7 +204,9 @@ def _predict(args) -> int:
     rows = recipe.predict_file(cfg, model, params, tokenizer, args.file, args.batch_size)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".json":
+    if hasattr(recipe, "write_predictions"):  # the task's own formats (e.g. CoNLL tags per word)
+        recipe.write_predictions(rows, out)
+    elif out.suffix == ".json":
         out.write_text(json.dumps(rows, indent=1) + "\n")
     elif out.suffix == ".jsonl":
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -105,6 +105,64 @@ class PretrainDataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TokenClassificationDataConfig:
+    # An HF `datasets` name (e.g. "conll2003", "wnut_17") and config, for users online ...
+    dataset: str | None = None
+    dataset_config: str | None = None
+    # ... or local files: CoNLL-style (one token per line, its tag in a column, a blank line
+    # between sentences, -DOCSTART- lines skipped) or .json/.jsonl (lists of tokens and tags).
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str | None = None
+    token_column: int = 0  # CoNLL files: 0-based column of the token ...
+    tag_column: int = -1  # ... and of its tag (-1: the last column; CoNLL-2003 NER)
+    tokens_key: str = "tokens"  # JSON/JSONL records and HF datasets: the list of words ...
+    tags_key: str = "ner_tags"  # ... and of their tags (names, or ids with ClassLabel names)
+    # Tag names in id order; None: the sorted distinct training tags ("O" first).
+    labels: list[str] | None = None
+    # Label every word piece (a later piece of a B-X word gets I-X, as HF's run_ner); default:
+    # only the first piece of each word, the rest are ignored by the loss (-100).
+    label_all_pieces: bool = False
+    tag_scheme: str = "IOB2"  # how entity F1 reads tags: IOB2 or IOBES
+    # Word pieces per window, [CLS]/[SEP] included; longer sentences are split into windows at
+    # word boundaries (never cut), and predictions are put back together per word.
+    max_seq_length: int = 128
+    # Batches are padded only to the next of these lengths (a handful of shapes to compile).
+    bucket_sizes: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256, 512])
+
+
+def _validate_token_classification_data(d: TokenClassificationDataConfig) -> None:
+    _positive("data.max_seq_length", d.max_seq_length)
+    if d.max_seq_length < 3:
+        raise ConfigError(f"data.max_seq_length={d.max_seq_length} leaves no room for a word "
+                          "beside [CLS] and [SEP]")
+    if d.dataset is None and d.train_file is None:
+        raise ConfigError("set data.train_file (CoNLL, JSON or JSONL) or data.dataset")
+    if d.dataset is not None and d.train_file is not None:
+        raise ConfigError("set either data.train_file or data.dataset, not both")
+    if d.dataset is None:
+        hub_only = ("dataset_config", "train_split", "validation_split", "test_split")
+        _unused_unless("data", d, hub_only, "with data.dataset")
+    if d.token_column < 0:
+        raise ConfigError(f"data.token_column={d.token_column} must be 0 or more")
+    if d.tag_column == d.token_column:
+        raise ConfigError(f"data.tag_column={d.tag_column} is also data.token_column")
+    if d.tag_scheme not in ("IOB2", "IOBES"):
+        raise ConfigError(f"data.tag_scheme={_show(d.tag_scheme)}: use IOB2 or IOBES")
+    if d.labels is not None:
+        names = [str(label).strip() for label in d.labels]
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ConfigError(f"data.labels={_show(d.labels)} needs at least 2 distinct tags")
+    for i, size in enumerate(d.bucket_sizes):
+        _positive(f"data.bucket_sizes[{i}]", size)
+    if any(a >= b for a, b in zip(d.bucket_sizes, d.bucket_sizes[1:])):
+        raise ConfigError(f"data.bucket_sizes={_show(d.bucket_sizes)} must be increasing")
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimConfig:
     name: str = "adamw"  # adamw, lamb, or sgd (b1 is its momentum; 0 for none)
     lr: float = 2e-5  # peak learning rate
@@ -162,7 +220,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    task: str = "finetune"  # finetune or pretrain
+    task: str = "finetune"  # finetune (sequence classification), token_classification or pretrain
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: FinetuneDataConfig | PretrainDataConfig = dataclasses.field(
         default_factory=FinetuneDataConfig
@@ -175,9 +233,10 @@ class Config:
         return dataclasses.asdict(self)
 
 
-TASKS = ("finetune", "pretrain")
+TASKS = ("finetune", "pretrain", "token_classification")
 SECTIONS = ("model", "data", "optim", "mesh", "train")
-DATA_CLASSES = {"finetune": FinetuneDataConfig, "pretrain": PretrainDataConfig}
+DATA_CLASSES = {"finetune": FinetuneDataConfig, "pretrain": PretrainDataConfig,
+                "token_classification": TokenClassificationDataConfig}
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,9 +678,11 @@ def _unused_unless(prefix: str, section: Any, names: tuple[str, ...], condition:
 def validate(cfg: Config) -> None:
     """Impossible values and values the task would not use, named. Checks that need the model or
     the data happen where those load."""
-    _validate_model(cfg.task, cfg.model)
+    _validate_model("pretrain" if cfg.task == "pretrain" else "finetune", cfg.model)
     if cfg.task == "finetune":
         _validate_finetune_data(cfg.data)
+    elif cfg.task == "token_classification":
+        _validate_token_classification_data(cfg.data)
     else:
         _validate_pretrain_data(cfg.data)
     _validate_optim(cfg.optim)

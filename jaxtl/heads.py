@@ -16,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import flax.linen as nn
 import numpy as np
 
 from jaxtl import steps
 from jaxtl.errors import ConfigError
+from jaxtl.families.layers import dense
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +92,73 @@ HEADS: dict[str | None, HeadSpec] = {
         recipe="jaxtl.tasks.classification",
     ),
 }
+
+
+# ---------------------------------------------------------------------------- token classification
+
+
+def per_token_dropout(c) -> float:
+    """HF's dropout before a per-token head: ``classifier_dropout`` if set, else
+    ``hidden_dropout_prob`` (BertForTokenClassification), unless the family's config says
+    otherwise with a ``token_dropout`` property (DistilBERT's class reads ``dropout``)."""
+    rate = getattr(c, "token_dropout", None)
+    if rate is not None:
+        return rate
+    return c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
+
+
+class TokenClassificationModel(nn.Module):
+    """trunk -> dropout -> ``classifier`` dense on every position: ``logits [B, L, num_labels]``
+    (HF's ``*ForTokenClassification``), for any family with a ``trunk_module``."""
+
+    config: Any
+    trunk: Callable[..., Any]
+    trunk_name: str
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
+                 position_ids=None):
+        c = self.config
+        hidden = self.trunk(c, self.trunk_name)(
+            input_ids, attention_mask, token_type_ids, deterministic, position_ids
+        )
+        hidden_BxLxD = hidden[0] if isinstance(hidden, tuple) else hidden
+        hidden_BxLxD = nn.Dropout(per_token_dropout(c))(hidden_BxLxD, deterministic=deterministic)
+        logits_BxLxN = dense(c, c.num_labels, ("embed", None), "classifier")(hidden_BxLxD)
+        return {"logits": logits_BxLxN}
+
+
+def _token_metrics(config, labels, outputs) -> dict[str, float]:
+    """``labels``: per example a [L] array of tag ids (-100 unlabelled); ``outputs["logits"]``
+    [N, L, num_labels]. Entity P/R/F1 over the labelled positions (seqeval) + token accuracy."""
+    from jaxtl import metrics
+
+    predicted = outputs["logits"].argmax(-1)
+    gold_tags, predicted_tags = [], []
+    for gold_L, pred_L in zip(labels, predicted):
+        keep = gold_L != -100
+        gold_tags.append([config.labels[i] for i in gold_L[keep]])
+        predicted_tags.append([config.labels[i] for i in pred_L[: len(gold_L)][keep]])
+    return metrics.token_classification_metrics(gold_tags, predicted_tags)
+
+
+def _token_best_metric(config) -> str:
+    from jaxtl import metrics
+
+    return "entity_f1" if metrics.has_entity_tags(config.labels) else "token_accuracy"
+
+
+HEADS["token_classification"] = HeadSpec(
+    "token_classification", ("logits",),
+    "token classification (NER, POS tagging), HF *ForTokenClassification",
+    task=lambda config: steps.token_classification_task(config.max_position_embeddings),
+    metrics=_token_metrics,
+    best_metric=_token_best_metric,
+    hf_suffix="ForTokenClassification",
+    module=TokenClassificationModel,
+    weight_prefixes=("classifier.",),
+    recipe="jaxtl.tasks.token_classification",
+)
 
 
 def get(name: str | None) -> HeadSpec:

@@ -67,7 +67,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         return Path(
             snapshot_download(
                 text,
-                allow_patterns=["*.json", "*.safetensors", "pytorch_model.bin", "vocab.txt", "*.model"],
+                allow_patterns=["*.json", "*.safetensors", "pytorch_model.bin", "vocab.txt", "*.model",
+                                "merges.txt"],
             )
         )
     except Exception as e:  # offline, unknown repo, gated repo, ...
@@ -208,13 +209,19 @@ def convert_state_dict(
     unexpected = sorted(n for n in by_name if n not in dropped)
     problems = []
     if mismatched:
-        problems.append("weights of the wrong shape:\n  " + "\n  ".join(mismatched))
+        problems.append(("weights of the wrong shape", mismatched))
     if missing:
-        problems.append("missing weights:\n  " + "\n  ".join(missing))
+        problems.append(("missing weights", missing))
     if unexpected:
-        problems.append("unexpected weights:\n  " + "\n  ".join(unexpected))
+        problems.append(("unexpected weights", unexpected))
     if problems:
-        raise CheckpointError(f"{source} does not match the model config:\n" + "\n".join(problems))
+        # The first line names the first culprit; the full lists follow, indented.
+        what, names = problems[0]
+        count = sum(len(n) for _, n in problems)
+        first = f"{source} does not match the model config: {what}: {names[0]}" + (
+            f" (and {count - 1} more)" if count > 1 else "")
+        details = "".join(f"\n  {w}:\n    " + "\n    ".join(n) for w, n in problems)
+        raise CheckpointError(first + details)
     return loaded, new_heads, dropped
 
 
@@ -289,7 +296,8 @@ def pretrained_weights(
         read_state_dict(folder), abstract_params(model), spec, source=str(folder)
     )
     if dropped:
-        log.info("not used by this head (another head's weights): %s", ", ".join(dropped))
+        log.info("not used by this model (another head's weights, or a pooler it has none of): %s",
+                 ", ".join(dropped))
     if missing_heads:
         if not new_heads:
             raise CheckpointError(
@@ -316,7 +324,8 @@ def load(
     """Load an HF checkpoint (folder, hub id or ``asset:NAME``) of any registered family.
 
     Args:
-      head: None (bare trunk), ``"pretraining"``, ``"classification"`` (see :mod:`jaxtl.heads`).
+      head: None (bare trunk), ``"pretraining"``, ``"classification"``,
+        ``"token_classification"`` (see :mod:`jaxtl.heads`).
       num_labels: classification outputs (1 = regression); default: the checkpoint's.
       labels: label names in id order (implies num_labels).
       dtype: compute dtype; ``param_dtype``: storage dtype.
@@ -399,7 +408,7 @@ def save(model: nn.Module, params: Any, out_dir: str | os.PathLike, tokenizer=No
     check_finite(params, f"{out}")
     out.mkdir(parents=True, exist_ok=True)
     hf_config = model.config.to_hf()
-    hf_config["architectures"] = [spec.architecture(head)]
+    hf_config["architectures"] = [spec.architecture(head, hf_config["model_type"])]
     hf_config["torch_dtype"] = "float32"
     if head == "classification" and model.config.num_labels == 1:
         hf_config["problem_type"] = "regression"

@@ -7,6 +7,7 @@ Inputs are host numpy arrays gathered after evaluation, with padding rows alread
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -94,3 +95,53 @@ def regression_metrics(targets, preds) -> dict[str, float]:
         "spearman": correlation(stats.spearmanr),
         "mse": float(skm.mean_squared_error(y_true, y_pred)),
     }
+
+
+# ---------------------------------------------------------------------------- token classification
+
+# Tag schemes seqeval reads (strict mode): a tag is "<prefix>-<type>" or "O".
+TAG_SCHEMES = ("IOB2", "IOBES")
+_ENTITY_PREFIXES = {"IOB2": ("B", "I"), "IOBES": ("B", "I", "E", "S")}
+
+
+def has_entity_tags(labels) -> bool:
+    """True when the tag set is an entity scheme (``B-PER``, ``I-LOC``, ``O``, ...), so entity
+    F1 means something; plain tag sets (part-of-speech: ``NOUN``, ``VERB``) score by accuracy."""
+    prefixed = [label for label in labels if re.fullmatch(r"[BIES]-.+", str(label))]
+    return bool(prefixed) and all(label == "O" or label in prefixed for label in map(str, labels))
+
+
+def token_classification_metrics(gold_tags, predicted_tags, scheme: str = "IOB2") -> dict[str, float]:
+    """Entity-level precision, recall and F1 (seqeval, micro-averaged over entity types) and
+    token accuracy, over sentences of tags (lists of tag strings, one per labelled word).
+
+    ``scheme``: IOB2 (default) or IOBES. Entities are read the way seqeval's default (lenient,
+    conlleval-compatible) mode reads them, as HF's ``run_ner`` reports; tag sets that are not an
+    entity scheme get only ``token_accuracy``.
+    """
+    from seqeval import metrics as seq
+
+    if scheme not in TAG_SCHEMES:
+        raise ValueError(f"tag scheme {scheme!r} is unknown; use one of {', '.join(TAG_SCHEMES)}")
+    if len(gold_tags) != len(predicted_tags):
+        raise ValueError(f"{len(gold_tags)} gold sentences but {len(predicted_tags)} predicted")
+    gold_flat = [tag for sentence in gold_tags for tag in sentence]
+    predicted_flat = [tag for sentence in predicted_tags for tag in sentence]
+    if len(gold_flat) != len(predicted_flat):
+        raise ValueError("gold and predicted sentences differ in length")
+    if not gold_flat:
+        raise ValueError("no labelled tokens to score")
+    result = {"token_accuracy": float(np.mean([g == p for g, p in zip(gold_flat, predicted_flat)]))}
+    if not has_entity_tags(set(gold_flat) | set(predicted_flat)):
+        return result
+    kwargs = {}
+    if scheme == "IOBES":
+        from seqeval.scheme import IOBES
+
+        kwargs = dict(mode="strict", scheme=IOBES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seqeval warns when a class is never predicted
+        result["entity_precision"] = float(seq.precision_score(gold_tags, predicted_tags, zero_division=0, **kwargs))
+        result["entity_recall"] = float(seq.recall_score(gold_tags, predicted_tags, zero_division=0, **kwargs))
+        result["entity_f1"] = float(seq.f1_score(gold_tags, predicted_tags, zero_division=0, **kwargs))
+    return result

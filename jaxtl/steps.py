@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
+from jaxtl.errors import ConfigError
+
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
@@ -99,6 +101,11 @@ def pretraining_loss(outputs: dict, batch: Batch, *, nsp: bool = True) -> tuple[
     }
     loss = metrics["mlm_loss_sum"] / jnp.maximum(metrics["mlm_count"], 1.0)
     if nsp:
+        if "nsp_logits" not in outputs:  # e.g. ALBERT, whose second head predicts sentence order
+            raise ConfigError(
+                "this model's pretraining head has no next-sentence output (it gives "
+                f"{', '.join(sorted(outputs))}); set data.nsp: false to pretrain with masked LM only"
+            )
         nsp_logits = outputs["nsp_logits"].astype(jnp.float32)
         nsp_labels_B = batch["nsp_labels"].astype(jnp.int32)
         nsp_ce_B = optax.softmax_cross_entropy_with_integer_labels(nsp_logits, nsp_labels_B)
@@ -106,6 +113,24 @@ def pretraining_loss(outputs: dict, batch: Batch, *, nsp: bool = True) -> tuple[
         metrics["nsp_correct"] = ((nsp_logits.argmax(-1) == nsp_labels_B) * weight_B).sum()
         loss = loss + metrics["nsp_loss_sum"] / jnp.maximum(metrics["count"], 1.0)
     return loss, metrics
+
+
+def sop_pretraining_loss(outputs: dict, batch: Batch) -> tuple[jax.Array, Metrics]:
+    """Masked-LM cross-entropy (as :func:`pretraining_loss`) plus ALBERT's sentence-order
+    prediction cross-entropy: HF ``AlbertForPreTraining``'s sum of the two means.
+
+    ``outputs["sop_logits"] [B, 2]`` against ``batch["sop_labels"] [B]`` (0 = the two segments
+    in their original order, 1 = swapped), weighted by ``batch["example_weight"] [B]``; the
+    masked-LM keys as in :func:`pretraining_loss`.
+    """
+    loss, metrics = pretraining_loss(outputs, batch, nsp=False)
+    weight_B = batch["example_weight"].astype(jnp.float32)
+    sop_logits = outputs["sop_logits"].astype(jnp.float32)
+    sop_labels_B = batch["sop_labels"].astype(jnp.int32)
+    sop_ce_B = optax.softmax_cross_entropy_with_integer_labels(sop_logits, sop_labels_B)
+    metrics["sop_loss_sum"] = (sop_ce_B * weight_B).sum()
+    metrics["sop_correct"] = ((sop_logits.argmax(-1) == sop_labels_B) * weight_B).sum()
+    return loss + metrics["sop_loss_sum"] / jnp.maximum(metrics["count"], 1.0), metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +162,61 @@ PRETRAINING = Task("pretraining", pretraining_loss, extra_inputs=("masked_positi
 PRETRAINING_MLM_ONLY = Task(
     "pretraining_mlm", functools.partial(pretraining_loss, nsp=False), extra_inputs=("masked_positions",)
 )
+# ALBERT's pretraining: masked LM + sentence-order prediction (batches need "sop_labels").
+PRETRAINING_SOP = Task("pretraining_sop", sop_pretraining_loss, extra_inputs=("masked_positions",))
+
+
+# ---------------------------------------------------------------------------- token classification
+
+IGNORE_LABEL = -100  # a position without a label (special tokens, later word pieces), as HF
+
+
+def token_classification_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
+    """Cross-entropy over the labelled positions of ``logits [B, L, N]`` (HF's token loss: the
+    mean over every label that is not -100 in the batch).
+
+    ``batch["labels"]``: ``[B, L]`` int tag ids, -100 where unlabelled; ``batch["example_weight"]``
+    ``[B]``. Metric sums: ``loss_sum`` and ``token_correct`` over ``token_count`` labelled
+    positions, ``count`` examples.
+    """
+    weight_B = batch["example_weight"].astype(jnp.float32)
+    labels_BxL = batch["labels"].astype(jnp.int32)
+    labelled_BxL = (labels_BxL != IGNORE_LABEL).astype(jnp.float32) * weight_B[:, None]
+    logits = logits.astype(jnp.float32)
+    safe_labels_BxL = jnp.where(labels_BxL == IGNORE_LABEL, 0, labels_BxL)
+    ce_BxL = optax.softmax_cross_entropy_with_integer_labels(logits, safe_labels_BxL)
+    metrics = {
+        "loss_sum": (ce_BxL * labelled_BxL).sum(),
+        "token_count": labelled_BxL.sum(),
+        "token_correct": ((logits.argmax(-1) == labels_BxL) * labelled_BxL).sum(),
+        "count": weight_B.sum(),
+    }
+    return metrics["loss_sum"] / jnp.maximum(metrics["token_count"], 1.0), metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenClassificationTask(Task):
+    """Also returns ``predicted_ids [B, length]`` (argmax tag ids, -1 beyond the batch's
+    length): evaluation batches have several bucket lengths, and one width lets the loop
+    concatenate them."""
+
+    length: int = 512
+
+    def forward(self, apply_fn, params, batch: Batch, *, deterministic: bool, rngs=None) -> dict:
+        outputs = dict(super().forward(apply_fn, params, batch, deterministic=deterministic, rngs=rngs))
+        predicted_BxL = outputs["logits"].argmax(-1).astype(jnp.int32)
+        pad = self.length - predicted_BxL.shape[1]
+        outputs["predicted_ids"] = jnp.pad(predicted_BxL, ((0, 0), (0, pad)), constant_values=-1)
+        return outputs
+
+
+def token_classification_task(length: int) -> TokenClassificationTask:
+    """The token classification Task for inputs of at most ``length`` positions."""
+    return TokenClassificationTask(
+        "token_classification",
+        lambda outputs, batch: token_classification_loss(outputs["logits"], batch),
+        length=length,
+    )
 
 
 def make_train_step(task: Task, *, axis_name: str | None = None, skip_nonfinite: bool = False):
@@ -208,7 +288,7 @@ pretraining_eval_step = make_eval_step(PRETRAINING)
 
 def summarize(sums: dict[str, Any]) -> dict[str, float]:
     """Metric sums -> means: loss, accuracy, mlm_loss, mlm_accuracy, perplexity, nsp_accuracy,
-    rtd_loss, rtd_accuracy."""
+    sop_accuracy, rtd_loss, rtd_accuracy."""
     import math
 
     s = {k: float(v) for k, v in sums.items()}
@@ -228,7 +308,15 @@ def summarize(sums: dict[str, Any]) -> dict[str, float]:
             out["nsp_loss"] = s["nsp_loss_sum"] / count
             out["nsp_accuracy"] = s["nsp_correct"] / count
             out["loss"] += out["nsp_loss"]
-    if "rtd_loss_sum" in s:
+        if "sop_loss_sum" in s:
+            out["sop_loss"] = s["sop_loss_sum"] / count
+            out["sop_accuracy"] = s["sop_correct"] / count
+            out["loss"] += out["sop_loss"]
+    if "token_count" in s:  # token classification: means over labelled tokens
+        token_count = max(s["token_count"], 1.0)
+        out["loss"] = s["loss_sum"] / token_count
+        out["token_accuracy"] = s["token_correct"] / token_count
+    if "rtd_loss_sum" in s:  # replaced-token detection: means over real tokens
         rtd_count = max(s["rtd_count"], 1.0)
         out["rtd_loss"] = s["rtd_loss_sum"] / rtd_count
         out["rtd_accuracy"] = s["rtd_correct"] / rtd_count

@@ -66,6 +66,9 @@ class Setup:
     eval_sets: list[EvalSet]
     best_metric: str
     meta: dict  # recorded in checkpoints (labels, ...)
+    # this process's rows -> the model FLOPs of one train step on the global batch they belong
+    # to (jaxtl.flops: what the model needs), for `mfu` in metrics.jsonl; None: not reported.
+    flops_per_batch: Callable[[dict[str, np.ndarray]], int] | None = None
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -246,6 +249,21 @@ def _agree(signum: int | None, save_due: bool) -> tuple[int | None, bool]:
     return (agreed_signum or None), bool(every[0, 1])
 
 
+def _mfu(flops_per_s: float, num_devices: int) -> dict:
+    """Model FLOPs utilisation against a large matmul timed on this device (``mfu``) and, on
+    accelerators with a known data-sheet peak, against that (``mfu_vendor``)."""
+    if not flops_per_s:
+        return {}
+    from jaxtl import flops
+
+    out = {"model_flops_per_s": flops_per_s,
+           "mfu": flops_per_s / (num_devices * flops.measured_peak_flops())}
+    vendor = flops.vendor_peak_flops()
+    if vendor:
+        out["mfu_vendor"] = flops_per_s / (num_devices * vendor)
+    return out
+
+
 def _schedule_lengths(cfg: Config, setup: Setup) -> tuple[int, int, int]:
     """``(updates, eval_every, save_every)`` in optimizer updates (as HF Trainer counts steps:
     with ``grad_accum_steps > 1`` one update takes that many micro-batches)."""
@@ -369,7 +387,7 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
 
     bar = tqdm(total=updates, initial=start_step, disable=not (t.progress and primary),
                dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
-    window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
+    window_start, window_examples, window_tokens, window_flops = time.perf_counter(), 0, 0, 0
     last_save = time.monotonic()
     step = start_step
     with _SignalFlag() as stop:
@@ -379,6 +397,8 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
                     local = setup.train_batch(micro)
                     window_examples += int(local["example_weight"].sum()) * jax.process_count()
                     window_tokens += setup.tokens_per_batch(local) * jax.process_count()
+                    if setup.flops_per_batch is not None:
+                        window_flops += setup.flops_per_batch(local)
                     state, metrics = train_step(state, sharding.global_batch(local, mesh), rng)
                     window = metrics if window is None else _add_jit(window, metrics)
                 step += 1
@@ -391,10 +411,12 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
                               "lr": float(schedule(step - 1)),
                               **steps.summarize(sums),
                               "examples_per_s": window_examples / elapsed,
-                              "tokens_per_s": window_tokens / elapsed}
+                              "tokens_per_s": window_tokens / elapsed,
+                              **_mfu(window_flops / elapsed, mesh.size)}
                     writer.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.1f}")
                     window, window_start, window_examples, window_tokens = None, time.perf_counter(), 0, 0
+                    window_flops = 0
                 paused = time.perf_counter()
                 if step % eval_every == 0 and step < updates and setup.eval_sets:
                     results = run_evals(step)

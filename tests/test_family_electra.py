@@ -169,6 +169,21 @@ def test_packed_rows_and_position_ids(make_case):
     assert_close(out, np.concatenate(want, axis=1), FORWARD_TOL, "packed rows logits")
 
 
+def test_shared_token_classification_head(make_case, tmp_path):
+    """jaxtl's shared token-classification head on the ELECTRA trunk (FamilySpec.trunk_module)
+    computes HF ElectraForTokenClassification's logits."""
+    case = make_case("project")
+    torch.manual_seed(0)
+    hf_model = randomize(transformers.ElectraForTokenClassification(hf_config("project")), seed=5)
+    hf_model.save_pretrained(str(tmp_path / "token"))
+    assert jaxtl.hf.head_of_folder(tmp_path / "token") == "token_classification"
+    model, params = jaxtl.hf.load(tmp_path / "token", head="token_classification", new_heads=False)
+    with torch.no_grad():
+        want = hf_model(**torch_inputs(case["batch"])).logits
+    assert_close(jax_apply(model, params, case["batch"])["logits"], want, FORWARD_TOL,
+                 "token classification logits")
+
+
 # ------------------------------------------------------------------------------------ training
 
 

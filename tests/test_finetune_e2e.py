@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -59,6 +60,8 @@ def test_finetune_cli_trains_exports_and_predicts(assets, tmp_path, capsys):
     records = read_metrics(workdir)
     train_losses = [r["loss"] for r in records if r["split"] == "train"]
     assert train_losses[-1] < 0.5 * train_losses[0], train_losses
+    mfus = [r["mfu"] for r in records if r["split"] == "train"]
+    assert all(0.0 < m < 1.0 for m in mfus), mfus  # logged at every log step, a sane fraction
     results = json.loads((workdir / "eval_results.json").read_text())
     assert results["validation"]["accuracy"] >= 0.9, results
     assert results["validation"]["examples"] == 48  # every example once, padding excluded
@@ -240,3 +243,69 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(assets, tmp_path, caplog)
     run_with_signal(cfg, workdir, at_step=None)
     assert "torn" in caplog.text
     assert [r["step"] for r in read_metrics(workdir) if r["split"] == "train"] == [2, 4, 6, 8]
+
+
+def test_export_rebuilds_from_checkpoint_metadata_without_the_training_data(assets, tmp_path, capsys):
+    """`jaxtl export` needs neither the training file nor config.yaml: model config, labels and
+    tokenizer travel with the checkpoint. --step and --best pick other checkpoints."""
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    train_copy = tmp_path / "train.csv"
+    shutil.copy(assets["train"], train_copy)
+    config = write_config(tmp_path / "c.yaml", assets, data={"train_file": str(train_copy)},
+                          train={"max_steps": 6, "save_every": 2, "eval_every": 2, "log_every": 2,
+                                 "keep_checkpoints": 5, "tensorboard": False})
+    workdir = tmp_path / "run"
+    assert cli.main(["finetune", "--config", config, "--workdir", str(workdir)]) == 0
+    train_copy.unlink()
+    (workdir / "config.yaml").unlink()
+    out = tmp_path / "exported"
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
+    final, exported = load_file(workdir / "final" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert final.keys() == exported.keys()
+    for name in final:
+        np.testing.assert_array_equal(final[name], exported[name], err_msg=name)
+    model = transformers.BertForSequenceClassification.from_pretrained(out)
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert (out / "tokenizer.json").exists() or (out / "vocab.txt").exists()
+
+    best_step = json.loads((workdir / "eval_results.json").read_text())["best"]["step"]
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(tmp_path / "b"), "--best"]) == 0
+    best, exported_best = load_file(workdir / "best" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    for name in best:
+        np.testing.assert_array_equal(best[name], exported_best[name], err_msg=name)
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(tmp_path / "s2"), "--step", "2"]) == 0
+    step2 = load_file(tmp_path / "s2" / "model.safetensors")
+    assert any(not np.array_equal(step2[n], final[n]) for n in final)  # an earlier state
+    assert f"exported step {best_step}" in capsys.readouterr().err
+
+
+def test_a_trained_head_keeps_its_labels_and_refuses_others(assets, tmp_path, capsys):
+    """Fine-tuning from a folder with a trained classifier maps the data to its id2label by name;
+    a data label the head does not know stops the run naming it (never a mapping by position)."""
+    import torch
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig.from_pretrained(assets["ckpt"], num_labels=2,
+                                                     id2label={0: "positive", 1: "negative"},
+                                                     label2id={"positive": 0, "negative": 1})
+    head = transformers.BertForSequenceClassification(config)
+    folder = tmp_path / "trained"
+    head.save_pretrained(folder)
+    assets["tok"].save_pretrained(folder)
+    base = write_config(tmp_path / "c.yaml", assets, model={"pretrained": str(folder)},
+                        train={"max_steps": 2, "eval_every": 2, "tensorboard": False})
+    assert cli.main(["finetune", "--config", base, "--workdir", str(tmp_path / "ok")]) == 0
+    exported = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "ok" / "final")
+    assert exported.config.id2label == {0: "positive", 1: "negative"}  # the head's order, kept
+
+    other = tmp_path / "other.csv"
+    other.write_text("sentence,label\ngood film,great\nbad film,awful\n")
+    bad = write_config(tmp_path / "bad.yaml", assets, model={"pretrained": str(folder)},
+                       data={"train_file": str(other), "validation_file": None})
+    capsys.readouterr()
+    assert cli.main(["finetune", "--config", bad, "--workdir", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "great" in err and "positive" in err and "negative" in err, err

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from jaxtl.errors import ConfigError
 
 # Family modules, imported on first use of the registry.
-FAMILY_MODULES = ("bert", "distilbert", "electra")
+FAMILY_MODULES = ("bert", "albert", "distilbert", "electra", "roberta")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,10 @@ class FamilySpec:
     # (hidden, pooled)); and the HF class-name prefix ("Bert" -> "BertForTokenClassification").
     trunk_module: Callable[..., Any] | None = None
     hf_prefix: str = ""
+    # A family serving several model_types whose HF classes are named apart (RoBERTa: XLMRoberta*,
+    # Camembert*): model_type -> head -> HF architecture name, where it differs from `models`'.
+    architectures_by_model_type: dict[str, dict[str | None, str]] = dataclasses.field(
+        default_factory=dict)
 
     def _generic(self, head):
         """The registry's shared head ``head`` if this family can build it, else None."""
@@ -80,7 +84,11 @@ class FamilySpec:
             )
         return generic.module(config, trunk=self.trunk_module, trunk_name=self.trunk)
 
-    def architecture(self, head: str | None) -> str:
+    def architecture(self, head: str | None, model_type: str | None = None) -> str:
+        """The HF class name of ``head`` (for ``model_type``, when the family serves several)."""
+        override = self.architectures_by_model_type.get(model_type, {}).get(head)
+        if override is not None:
+            return override
         if head in self.models:
             return self.models[head][1]
         return self.hf_prefix + self._generic(head).hf_suffix
@@ -173,4 +181,8 @@ def for_architecture(architecture: str) -> tuple[FamilySpec, str | None] | None:
         for head in spec.heads:
             if spec.architecture(head) == architecture:
                 return spec, head
+        for by_head in spec.architectures_by_model_type.values():
+            for head, arch in by_head.items():
+                if arch == architecture:
+                    return spec, head
     return None

@@ -102,6 +102,11 @@ class DistilBertConfig:
             )
 
     @property
+    def token_dropout(self) -> float:
+        """DistilBertForTokenClassification drops out with ``dropout``, not seq_classif_dropout."""
+        return self.hidden_dropout_prob
+
+    @property
     def num_labels(self) -> int:
         return len(self.labels)
 

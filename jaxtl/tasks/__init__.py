@@ -3,6 +3,7 @@ evaluation sets, and hand them to the loop (:func:`jaxtl.train.train_loop`). One
 
 * :mod:`jaxtl.tasks.classification` — ``task: finetune`` (sequence classification/regression)
 * :mod:`jaxtl.tasks.pretraining` — ``task: pretrain``
+* :mod:`jaxtl.tasks.token_classification` — ``task: token_classification`` (NER, tagging)
 
     results = jaxtl.tasks.run(jaxtl.config.load("configs/demo_finetune.yaml"), "runs/demo")
 
@@ -22,7 +23,8 @@ from jaxtl.tasks.common import model_from_meta  # noqa: F401  (export rebuilds m
 from jaxtl.train import Setup
 
 # config `task` -> the module whose setup(cfg) builds it
-RECIPES = {"finetune": "jaxtl.tasks.classification", "pretrain": "jaxtl.tasks.pretraining"}
+RECIPES = {"finetune": "jaxtl.tasks.classification", "pretrain": "jaxtl.tasks.pretraining",
+           "token_classification": "jaxtl.tasks.token_classification"}
 # `jaxtl finetune` runs every task but pretraining
 FINETUNE_TASKS = tuple(task for task in RECIPES if task != "pretrain")
 

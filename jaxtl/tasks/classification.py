@@ -91,6 +91,7 @@ def setup(cfg: Config) -> Setup:
         tokens_per_batch=lambda b: int(b["attention_mask"].sum()),
         eval_sets=eval_sets,
         best_metric=head_spec.best_metric(config),
+        flops_per_batch=common.flops_counter(config, head),
         meta=common.meta(family, head, config, tokenizer_folder,
                    labels=list(config.labels), regression=data.regression),
     )

@@ -57,3 +57,19 @@ def model_from_meta(meta: dict):
 
 def exporter(model, tokenizer):
     return lambda params, out: hf.save(model, params, out, tokenizer=tokenizer)
+
+
+def flops_counter(config, head: str | None):
+    """This process's rows -> the model FLOPs of the global batch's train step (for ``mfu``)."""
+    import jax
+
+    from jaxtl import flops
+
+    def count(local: dict) -> int:
+        rows, length = local["input_ids"].shape
+        masked = local["masked_positions"].shape[1] if "masked_positions" in local else None
+        head_for_flops = head if head in (None, "classification", "pretraining") else None
+        return flops.train_step_flops(config, rows * jax.process_count(), length, head_for_flops,
+                                      masked_positions=masked)
+
+    return count

@@ -29,7 +29,11 @@ def setup(cfg: Config) -> Setup:
     else:
         folder = None
         family = families.get(m.family)
-        base = family.preset(m.size, **{"vocab_size": len(tokenizer), **dict(m.overrides)})
+        # The tokenizer's pad id: RoBERTa-like families place padding tokens by it.
+        from_tokenizer = {"vocab_size": len(tokenizer)}
+        if tokenizer.pad_token_id is not None:
+            from_tokenizer["pad_token_id"] = tokenizer.pad_token_id
+        base = family.preset(m.size, **{**from_tokenizer, **dict(m.overrides)})
     if "mlm_logits" not in family.pretraining_outputs:
         raise ConfigError(
             f"`jaxtl pretrain` trains masked-LM heads; the {family.name} pretraining head "
@@ -85,5 +89,6 @@ def setup(cfg: Config) -> Setup:
         tokens_per_batch=lambda b: int(b["attention_mask"].sum()),
         eval_sets=eval_sets,
         best_metric=heads.get(head).best_metric(config),
+        flops_per_batch=common.flops_counter(config, head),
         meta=common.meta(family, head, config, tokenizer_folder),
     )
