@@ -54,6 +54,32 @@ def classification_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, Met
     return loss_sum / jnp.maximum(count, 1.0), metrics
 
 
+def replaced_token_detection_loss(logits_BxL: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
+    """ELECTRA's discriminator loss: sigmoid cross-entropy of ``logits [B, L]`` against
+    ``batch["replaced_labels"] [B, L]`` (1 where the generator replaced the token, 0 where it
+    is the original), averaged over real tokens, as HF's ``ElectraForPreTraining`` computes with
+    ``labels``.
+
+    Real tokens: ``batch["attention_mask"]`` ``[B, L]`` is 1 (or, for packed rows ``[B, L, L]``,
+    its diagonal), in rows whose ``batch["example_weight"] [B]`` is 1. Returns the mean loss and
+    the metric sums (``rtd_count``: real tokens; ``count``: examples).
+    """
+    mask = batch["attention_mask"]
+    real_BxL = jnp.diagonal(mask, axis1=1, axis2=2) if mask.ndim == 3 else mask
+    weight_B = batch["example_weight"].astype(jnp.float32)
+    weight_BxL = real_BxL.astype(jnp.float32) * weight_B[:, None]
+    logits_BxL = logits_BxL.astype(jnp.float32)
+    labels_BxL = batch["replaced_labels"].astype(jnp.float32)
+    bce_BxL = optax.sigmoid_binary_cross_entropy(logits_BxL, labels_BxL)
+    metrics = {
+        "rtd_loss_sum": (bce_BxL * weight_BxL).sum(),
+        "rtd_count": weight_BxL.sum(),
+        "rtd_correct": (((logits_BxL > 0) == (labels_BxL > 0.5)) * weight_BxL).sum(),
+        "count": weight_B.sum(),
+    }
+    return metrics["rtd_loss_sum"] / jnp.maximum(metrics["rtd_count"], 1.0), metrics
+
+
 def pretraining_loss(outputs: dict, batch: Batch, *, nsp: bool = True) -> tuple[jax.Array, Metrics]:
     """Masked-LM cross-entropy averaged over masked tokens, plus NSP cross-entropy (HF's sum).
 
@@ -161,6 +187,9 @@ class Task:
 
 
 CLASSIFICATION = Task("classification", lambda outputs, batch: classification_loss(outputs["logits"], batch))
+REPLACED_TOKEN_DETECTION = Task(
+    "replaced_token_detection", lambda outputs, batch: replaced_token_detection_loss(outputs["logits"], batch)
+)
 PRETRAINING = Task("pretraining", pretraining_loss, extra_inputs=("masked_positions",))
 QUESTION_ANSWERING = Task("question_answering", question_answering_loss)
 PRETRAINING_MLM_ONLY = Task(
@@ -292,7 +321,7 @@ pretraining_eval_step = make_eval_step(PRETRAINING)
 
 def summarize(sums: dict[str, Any]) -> dict[str, float]:
     """Metric sums -> means: loss, accuracy, mlm_loss, mlm_accuracy, perplexity, nsp_accuracy,
-    sop_accuracy."""
+    sop_accuracy, rtd_loss, rtd_accuracy."""
     import math
 
     s = {k: float(v) for k, v in sums.items()}
@@ -322,6 +351,11 @@ def summarize(sums: dict[str, Any]) -> dict[str, float]:
         out["token_accuracy"] = s["token_correct"] / token_count
     if "span_correct" in s:  # question answering: both ends of the span right
         out["span_accuracy"] = s["span_correct"] / count
+    if "rtd_loss_sum" in s:  # replaced-token detection: means over real tokens
+        rtd_count = max(s["rtd_count"], 1.0)
+        out["rtd_loss"] = s["rtd_loss_sum"] / rtd_count
+        out["rtd_accuracy"] = s["rtd_correct"] / rtd_count
+        out["loss"] = out["rtd_loss"]
     if "grad_norm" in s and "steps" in s:
         out["grad_norm"] = s["grad_norm"] / max(s["steps"], 1.0)
     if s.get("nonfinite"):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from jaxtl.errors import ConfigError
 
 # Family modules, imported on first use of the registry.
-FAMILY_MODULES = ("bert", "albert", "distilbert", "roberta")
+FAMILY_MODULES = ("bert", "albert", "distilbert", "electra", "roberta")
 
 
 @dataclasses.dataclass(frozen=True)

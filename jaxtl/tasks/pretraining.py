@@ -34,6 +34,13 @@ def setup(cfg: Config) -> Setup:
         if tokenizer.pad_token_id is not None:
             from_tokenizer["pad_token_id"] = tokenizer.pad_token_id
         base = family.preset(m.size, **{**from_tokenizer, **dict(m.overrides)})
+    if "mlm_logits" not in family.pretraining_outputs:
+        raise ConfigError(
+            f"`jaxtl pretrain` trains masked-LM heads; the {family.name} pretraining head "
+            f"({family.architecture('pretraining')}) returns "
+            f"{', '.join(family.pretraining_outputs)}, whose training data jaxtl does not build; "
+            "fine-tune this checkpoint instead"
+        )
     common.check_vocab(tokenizer, base, str(tokenizer_folder))
     if d.nsp and "nsp_logits" not in family.pretraining_outputs:
         raise ConfigError(
