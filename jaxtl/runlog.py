@@ -36,8 +36,11 @@ def setup_logging() -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s jaxtl: %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
         logger.propagate = False
-    for noisy in ("absl", "orbax", "jax._src.xla_bridge"):
+    for noisy in ("orbax", "jax._src.xla_bridge"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # absl carries orbax's chatter ("Given directory is read only", ...); jaxtl reports what
+    # matters about checkpoints itself.
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def enable_compilation_cache() -> str | None:
