@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from jaxtl import runlog, train
+from jaxtl import runlog, train, workdir as workdir_lib
 from jaxtl.config import Config
 from jaxtl.tasks.common import model_from_meta  # noqa: F401  (export rebuilds models with it)
 from jaxtl.train import Setup
@@ -52,4 +52,6 @@ def run(cfg: Config, workdir: str | Path, *, overwrite: bool = False) -> dict:
     ``overwrite`` starts afresh where it holds another)."""
     runlog.setup_logging()
     runlog.enable_compilation_cache()
+    if not overwrite:  # refuse another run's workdir before loading any data or weights
+        workdir_lib.check_rerun(Path(workdir), cfg.to_dict(), overwrite=False)
     return train.train_loop(cfg, Path(workdir), setup_for(cfg), overwrite=overwrite)
