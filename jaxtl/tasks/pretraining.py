@@ -45,7 +45,8 @@ def setup(cfg: Config) -> Setup:
     if d.nsp and "nsp_logits" not in family.pretraining_outputs:
         raise ConfigError(
             f"data.nsp is true but {family.name}'s pretraining head has no next-sentence "
-            "prediction (it predicts masked tokens only); set data.nsp: false"
+            f"prediction (it returns {', '.join(family.pretraining_outputs)}); "
+            "set data.nsp: false (masked LM only)"
         )
     if d.max_seq_length > base.max_position_embeddings:
         raise ConfigError(
