@@ -44,10 +44,10 @@ import flax.linen as nn
 
 from jaxtl.errors import ConfigError
 from jaxtl.families import FamilySpec, register
-from jaxtl.families.bert import gather_positions, tied_decoder
+from jaxtl.families.bert import BertEmbeddings, gather_positions, tied_decoder
 from jaxtl.families.layers import (
     ACTIVATIONS, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
-    constrain, dense, embed, layer_norm,
+    constrain, dense, layer_norm,
 )
 
 # Hugging Face config fields jaxtl does not implement; a checkpoint that sets them to anything but
@@ -135,33 +135,6 @@ class AlbertConfig:
         hf["classifier_dropout_prob"] = self.classifier_dropout_rate
         return hf
 
-
-class AlbertEmbeddings(nn.Module):
-    """Word + position + token-type embeddings, LayerNorm, dropout; all E wide."""
-
-    config: AlbertConfig
-
-    def setup(self):
-        c = self.config
-        E = c.embedding_size
-        self.word_embeddings = embed(c, c.vocab_size, E, ("vocab", "embed"))
-        self.position_embeddings = embed(c, c.max_position_embeddings, E, (None, "embed"))
-        self.token_type_embeddings = embed(c, c.type_vocab_size, E, (None, "embed"))
-        self.LayerNorm = layer_norm(c)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
-
-    def __call__(self, input_ids_BxL, token_type_ids_BxL, position_ids_BxL, deterministic):
-        L = input_ids_BxL.shape[1]
-        if position_ids_BxL is None:
-            positions = self.position_embeddings.embedding[None, :L].astype(self.config.dtype)
-        else:
-            positions = self.position_embeddings(position_ids_BxL)
-        x_BxLxE = (
-            self.word_embeddings(input_ids_BxL) + positions
-            + self.token_type_embeddings(token_type_ids_BxL)
-        )
-        x_BxLxE = self.dropout(self.LayerNorm(x_BxLxE), deterministic=deterministic)
-        return constrain(x_BxLxE, ("batch", "length", "embed"))
 
 
 class AlbertAttention(nn.Module):
@@ -262,7 +235,7 @@ class AlbertTrunk(nn.Module):
 
     def setup(self):
         c = self.config
-        self.embeddings = AlbertEmbeddings(c)
+        self.embeddings = BertEmbeddings(c, features=c.embedding_size)
         self.encoder = AlbertTransformer(c)
         if self.add_pooler:
             self.pooler = dense(c, c.hidden_size, ("embed", "mlp"), "pooler")

@@ -92,13 +92,20 @@ class BertConfig:
 
 
 class BertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout; ``[B, L, features]``.
+
+    ``features`` defaults to ``hidden_size``; ALBERT and ELECTRA embed at ``embedding_size``
+    and project to the hidden size after this module."""
+
     config: BertConfig
+    features: int | None = None
 
     def setup(self):
         c = self.config
-        self.word_embeddings = embed(c, c.vocab_size, c.hidden_size, ("vocab", "embed"))
-        self.position_embeddings = embed(c, c.max_position_embeddings, c.hidden_size, (None, "embed"))
-        self.token_type_embeddings = embed(c, c.type_vocab_size, c.hidden_size, (None, "embed"))
+        E = self.features or c.hidden_size
+        self.word_embeddings = embed(c, c.vocab_size, E, ("vocab", "embed"))
+        self.position_embeddings = embed(c, c.max_position_embeddings, E, (None, "embed"))
+        self.token_type_embeddings = embed(c, c.type_vocab_size, E, (None, "embed"))
         self.LayerNorm = layer_norm(c)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 

@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxtl.families import FamilySpec, register
-from jaxtl.families.bert import UNSUPPORTED_HF_FIELDS, BertEncoder
+from jaxtl.families.bert import UNSUPPORTED_HF_FIELDS, BertEmbeddings, BertEncoder
 from jaxtl.families.layers import (
     ACTIVATIONS, as_attention_mask, check_common, check_length, config_from_hf, config_to_hf,
-    constrain, dense, embed, layer_norm,
+    constrain, dense,
 )
 
 
@@ -91,36 +91,6 @@ class ElectraConfig:
         return config_to_hf(self, "electra")
 
 
-class ElectraEmbeddings(nn.Module):
-    """BERT's embeddings at width ``embedding_size``: word + position + token type, LayerNorm,
-    dropout. Returns ``[B, L, E]``."""
-
-    config: ElectraConfig
-
-    def setup(self):
-        c = self.config
-        E = c.embedding_size
-        self.word_embeddings = embed(c, c.vocab_size, E, ("vocab", "embed"))
-        self.position_embeddings = embed(c, c.max_position_embeddings, E, (None, "embed"))
-        self.token_type_embeddings = embed(c, c.type_vocab_size, E, (None, "embed"))
-        self.LayerNorm = layer_norm(c)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
-
-    def __call__(self, input_ids_BxL, token_type_ids_BxL, position_ids_BxL, deterministic):
-        L = input_ids_BxL.shape[1]
-        if position_ids_BxL is None:
-            # Positions 0..L-1 (HF's default): a slice, not a gather, which shards cleanly.
-            positions = self.position_embeddings.embedding[None, :L].astype(self.config.dtype)
-        else:
-            positions = self.position_embeddings(position_ids_BxL)
-        x_BxLxE = (
-            self.word_embeddings(input_ids_BxL) + positions
-            + self.token_type_embeddings(token_type_ids_BxL)
-        )
-        x_BxLxE = self.LayerNorm(x_BxLxE)
-        x_BxLxE = self.dropout(x_BxLxE, deterministic=deterministic)
-        return constrain(x_BxLxE, ("batch", "length", "embed"))
-
 
 class ElectraTrunk(nn.Module):
     """Embeddings, the E -> D projection (when E != D) and BERT's encoder: HF's ``ElectraModel``."""
@@ -129,7 +99,7 @@ class ElectraTrunk(nn.Module):
 
     def setup(self):
         c = self.config
-        self.embeddings = ElectraEmbeddings(c)
+        self.embeddings = BertEmbeddings(c, features=c.embedding_size)
         if c.embedding_size != c.hidden_size:
             self.embeddings_project = dense(c, c.hidden_size, ("embed", "mlp"), "embeddings_project")
         self.encoder = BertEncoder(c)
