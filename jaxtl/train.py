@@ -84,13 +84,16 @@ def _add(a, b):
 _add_jit = jax.jit(_add)
 
 
-def evaluate(eval_set: EvalSet, state, eval_step, mesh) -> dict[str, float]:
-    """Metrics over every example of ``eval_set`` exactly once (padding rows weigh 0)."""
+def evaluate(eval_set: EvalSet, state, eval_step, mesh, shapes: set | None = None) -> dict[str, float]:
+    """Metrics over every example of ``eval_set`` exactly once (padding rows weigh 0); the batch
+    shapes fed to ``eval_step`` are added to ``shapes``."""
     sums = None
     collected: dict[str, list] = {key: [] for key in eval_set.output_keys}
     indices = []
     for local in eval_set.batches():
         index = local.pop("index", None)
+        if shapes is not None:
+            shapes.add(_shape_key(local))
         metrics, outputs = eval_step(state, sharding.global_batch(local, mesh))
         sums = metrics if sums is None else _add_jit(sums, metrics)
         if eval_set.output_keys:
@@ -241,8 +244,11 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
         steps.make_train_step(setup.task, skip_nonfinite=t.nonfinite == "skip"), mesh, rules, shardings
     )
     eval_step = sharding.compile_step(steps.make_eval_step(setup.task), mesh, rules, shardings, train=False)
-    writer = runlog.MetricsWriter(workdir, tensorboard=t.tensorboard, resume_step=start_step)
+    # Without a checkpoint every line on disk is from a run that is redone from step 0.
+    writer = runlog.MetricsWriter(workdir, tensorboard=t.tensorboard,
+                                  resume_step=start_step if restored is not None else -1)
     rng = jax.random.key(t.seed)
+    train_shapes, eval_shapes = set(), set()  # batch shapes fed to each step (one compile each)
     state_ok_through = start_step  # every update up to here was finite (checked on the host)
 
     def meta_for(step: int) -> dict:
@@ -274,7 +280,7 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
         check_finite(step)
         results = {}
         for eval_set in setup.eval_sets:
-            res = evaluate(eval_set, state, eval_step, mesh)
+            res = evaluate(eval_set, state, eval_step, mesh, shapes=eval_shapes)
             results[eval_set.name] = res
             writer.write({"step": step, "split": eval_set.name, **res})
             log.info("step %d %s: %s", step, eval_set.name,
@@ -290,6 +296,8 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
 
     bar = tqdm(total=updates, initial=start_step, disable=not (t.progress and primary),
                dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+    if start_step == 0 and setup.eval_sets and _eval_at_start(cfg):
+        run_evals(0)  # the starting weights' own numbers; not a candidate for best/
     window_start, window_examples, window_tokens, window_flops = time.perf_counter(), 0, 0, 0
     last_save = time.monotonic()
     step = start_step
@@ -298,6 +306,7 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
             while step < updates:
                 for micro in range(step * accum, (step + 1) * accum):
                     local = setup.train_batch(micro)
+                    train_shapes.add(_shape_key(local))
                     window_examples += int(local["example_weight"].sum()) * jax.process_count()
                     window_tokens += setup.tokens_per_batch(local) * jax.process_count()
                     if setup.flops_per_batch is not None:
@@ -343,6 +352,7 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
         if ckpt.latest_step() != updates:
             save(updates)
         check_finite(updates)
+        _report_compilations(writer, updates, train_step, train_shapes, eval_step, eval_shapes)
         _export(setup, state, workdir / "final")
         ckpt.close()
         writer.close()
@@ -351,6 +361,34 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
         workdir_lib.write_text_atomic(workdir / "eval_results.json",
                                  json.dumps(final, indent=2, sort_keys=True) + "\n")
     return final
+
+
+def _eval_at_start(cfg: Config) -> bool:
+    if cfg.train.eval_at_start is not None:
+        return cfg.train.eval_at_start
+    return cfg.task == "pretrain" and bool(cfg.model.pretrained)
+
+
+def _shape_key(batch: dict[str, np.ndarray]) -> tuple:
+    """What makes the jitted step compile again: every input's shape and dtype."""
+    return tuple(sorted((k, np.shape(v), np.asarray(v).dtype.str) for k, v in batch.items()))
+
+
+def _report_compilations(writer, step: int, train_step, train_shapes: set, eval_step, eval_shapes: set):
+    """One ``split: compile`` line: how many executables each step holds vs the distinct batch
+    shapes it was fed in this process. More executables than shapes means something retraces
+    (a Python scalar, a weak type, a changing sharding) and every such step pays a compile."""
+    record = {"step": step, "split": "compile",
+              "train_shapes": len(train_shapes), "train_compilations": train_step.jitted._cache_size(),
+              "eval_shapes": len(eval_shapes), "eval_compilations": eval_step.jitted._cache_size()}
+    writer.write(record)
+    log.info("compiled the train step for %d batch shapes (%d seen), the eval step for %d (%d seen)",
+             record["train_compilations"], record["train_shapes"],
+             record["eval_compilations"], record["eval_shapes"])
+    for kind in ("train", "eval"):
+        if record[f"{kind}_compilations"] > record[f"{kind}_shapes"]:
+            log.warning("the %s step compiled %d times for %d batch shapes: something retraces",
+                        kind, record[f"{kind}_compilations"], record[f"{kind}_shapes"])
 
 
 def _track_best(setup: Setup, results: dict, best: dict | None, step: int, t, state, workdir: Path):

@@ -255,6 +255,7 @@ ALLOWED_CHANGES = (
     "train.max_steps", "train.epochs", "mesh.*",
     "train.progress", "train.tensorboard", "train.log_every", "train.eval_batch_size",
     "train.keep_checkpoints", "train.save_every", "train.save_every_minutes", "train.export_best",
+    "train.eval_at_start",
 )
 
 

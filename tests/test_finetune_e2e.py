@@ -62,6 +62,12 @@ def test_finetune_cli_trains_exports_and_predicts(assets, tmp_path, capsys):
     assert train_losses[-1] < 0.5 * train_losses[0], train_losses
     mfus = [r["mfu"] for r in records if r["split"] == "train"]
     assert all(0.0 < m < 1.0 for m in mfus), mfus  # logged at every log step, a sane fraction
+    # One compilation per batch shape, at most one shape per bucket (16, 32): nothing retraces.
+    compiled = records[-1]
+    assert compiled["split"] == "compile", compiled
+    assert 1 <= compiled["train_compilations"] == compiled["train_shapes"] <= 2, compiled
+    assert 1 <= compiled["eval_compilations"] == compiled["eval_shapes"] <= 2, compiled
+    assert records[0]["split"] == "train"  # fine-tuning: no evaluation at step 0 by default
     results = json.loads((workdir / "eval_results.json").read_text())
     assert results["validation"]["accuracy"] >= 0.9, results
     assert results["validation"]["examples"] == 48  # every example once, padding excluded

@@ -229,7 +229,7 @@ def test_finetune_starts_from_the_pretrained_export(scratch_run, assets, tmp_pat
     log = capsys.readouterr().err
     new_line = next(line for line in log.splitlines() if "newly initialised" in line)
     assert "classifier.weight" in new_line and "bert." not in new_line, new_line
-    losses = [r["loss"] for r in read_metrics(tmp_path / "ft")]
+    losses = [r["loss"] for r in read_metrics(tmp_path / "ft") if r["split"] == "train"]
     assert len(losses) == 2 and all(np.isfinite(losses)), losses
     hf_model = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "ft" / "final")
     assert hf_model.config.id2label == {0: "negative", 1: "positive"}
@@ -262,9 +262,40 @@ def test_continue_pretraining_from_an_hf_bert_model_mlm_only(assets, tmp_path, c
         np.testing.assert_allclose(end["bert." + name], value, atol=1e-6, err_msg=name)
     assert "cls.seq_relationship.weight" in end  # an HF BertForPreTraining folder either way
 
-    records = read_metrics(workdir)
-    assert [r["step"] for r in records] == [1, 2]
+    records = [r for r in read_metrics(workdir) if r["split"] != "compile"]
+    assert [r["step"] for r in records] == [1, 2]  # no validation set: no step-0 evaluation
     assert all("mlm_accuracy" in r and "nsp_accuracy" not in r for r in records), records
+
+
+def test_continued_pretraining_starts_at_the_checkpoints_own_numbers(scratch_run, assets, tmp_path):
+    """Continuing from a BertForPreTraining export evaluates at step 0 (the default for
+    `pretrain` from a checkpoint): the numbers equal the first run's last evaluation of the same
+    weights on the same held-out instances, so both heads were kept, not re-initialised."""
+    config = write_config(tmp_path / "c.yaml", assets,
+                          model={"pretrained": str(scratch_run["workdir"] / "final"), "size": None,
+                                 "tokenizer": None, "overrides": {}},
+                          train={"max_steps": 2, "log_every": 1, "eval_every": 2})
+    workdir = tmp_path / "run"
+    assert cli.main(["pretrain", "--config", config, "--workdir", str(workdir)]) == 0
+    records = read_metrics(workdir)
+    first = [r for r in read_metrics(scratch_run["workdir"]) if r["split"] == "validation"][-1]
+    start = records[0]
+    assert (start["split"], start["step"]) == ("validation", 0), records
+    for key in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "examples"):
+        assert start[key] == pytest.approx(first[key], rel=1e-5, abs=1e-6), key
+    assert [(r["split"], r["step"]) for r in records[1:]] == [
+        ("train", 1), ("train", 2), ("validation", 2), ("compile", 2)]
+    compiled = records[-1]
+    assert compiled["train_compilations"] == compiled["train_shapes"] == 1, compiled
+    assert compiled["eval_compilations"] == compiled["eval_shapes"] >= 1, compiled
+
+    # Switched off, the first line is the first update's.
+    off_config = write_config(tmp_path / "off.yaml", assets,
+                              model={"pretrained": str(scratch_run["workdir"] / "final"), "size": None,
+                                     "tokenizer": None, "overrides": {}},
+                              train={"max_steps": 1, "log_every": 1, "eval_at_start": False})
+    assert cli.main(["pretrain", "--config", off_config, "--workdir", str(tmp_path / "off")]) == 0
+    assert read_metrics(tmp_path / "off")[0]["split"] == "train"
 
 
 def test_lamb_moves_each_weight_matrix_by_lr_times_its_norm():

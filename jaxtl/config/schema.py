@@ -193,6 +193,10 @@ class TrainConfig:
     progress: bool = True  # progress bar on stderr
     # On a NaN/inf loss or gradient: stop (exit 3, that state not saved) or skip that update.
     nonfinite: str = "stop"
+    # Evaluate before the first update, so every curve starts at the starting weights' own
+    # numbers (continued pretraining: what the checkpoint already knows). None: on for
+    # `pretrain` from a checkpoint (model.pretrained), off otherwise. Not repeated on resume.
+    eval_at_start: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)
