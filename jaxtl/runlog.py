@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -41,6 +42,21 @@ def setup_logging() -> None:
     # absl carries orbax's chatter ("Given directory is read only", ...); jaxtl reports what
     # matters about checkpoints itself.
     logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def process_start_time() -> float:
+    """When this process started (``time.time()`` scale): from ``/proc`` on Linux, else the
+    moment this module was imported."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
 
 
 def enable_compilation_cache() -> str | None:

@@ -249,6 +249,7 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
                                   resume_step=start_step if restored is not None else -1)
     rng = jax.random.key(t.seed)
     train_shapes, eval_shapes = set(), set()  # batch shapes fed to each step (one compile each)
+    first_step_s = None  # process start -> first update done (imports, data, load, compile)
     state_ok_through = start_step  # every update up to here was finite (checked on the host)
 
     def meta_for(step: int) -> dict:
@@ -313,6 +314,10 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
                         window_flops += setup.flops_per_batch(local)
                     state, metrics = train_step(state, sharding.global_batch(local, mesh), rng)
                     window = metrics if window is None else _add_jit(window, metrics)
+                if first_step_s is None:  # one host sync, once: start-up as a user waits for it
+                    jax.block_until_ready(metrics)
+                    first_step_s = time.time() - runlog.process_start_time()
+                    log.info("first step finished %.1f s after the process started", first_step_s)
                 step += 1
                 bar.update(1)
                 if step % t.log_every == 0 or step == updates:
@@ -352,7 +357,8 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
         if ckpt.latest_step() != updates:
             save(updates)
         check_finite(updates)
-        _report_compilations(writer, updates, train_step, train_shapes, eval_step, eval_shapes)
+        _report_compilations(writer, updates, train_step, train_shapes, eval_step, eval_shapes,
+                             first_step_s)
         _export(setup, state, workdir / "final")
         ckpt.close()
         writer.close()
@@ -374,11 +380,14 @@ def _shape_key(batch: dict[str, np.ndarray]) -> tuple:
     return tuple(sorted((k, np.shape(v), np.asarray(v).dtype.str) for k, v in batch.items()))
 
 
-def _report_compilations(writer, step: int, train_step, train_shapes: set, eval_step, eval_shapes: set):
+def _report_compilations(writer, step: int, train_step, train_shapes: set, eval_step, eval_shapes: set,
+                         first_step_s: float | None):
     """One ``split: compile`` line: how many executables each step holds vs the distinct batch
-    shapes it was fed in this process. More executables than shapes means something retraces
-    (a Python scalar, a weak type, a changing sharding) and every such step pays a compile."""
-    record = {"step": step, "split": "compile",
+    shapes it was fed in this process (more executables than shapes means something retraces:
+    a Python scalar, a weak type, a changing sharding, and every such step pays a compile), and
+    ``first_step_s``, the seconds from process start to the first finished update (None when
+    this process ran none)."""
+    record = {"step": step, "split": "compile", "first_step_s": first_step_s,
               "train_shapes": len(train_shapes), "train_compilations": train_step.jitted._cache_size(),
               "eval_shapes": len(eval_shapes), "eval_compilations": eval_step.jitted._cache_size()}
     writer.write(record)
