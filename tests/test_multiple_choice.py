@@ -198,3 +198,225 @@ def test_padding_rows_do_not_count():
     assert float(sums["count"]) == 2.0 and float(sums["correct"]) == 1.0
     summary = steps.summarize(jax.device_get(sums))
     assert summary["accuracy"] == 0.5 and summary["loss"] == pytest.approx(float(expected), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("mc-tok"))
+
+
+def data_cfg(**changes) -> MultipleChoiceDataConfig:
+    fields = dict(train_file="unused.csv", context_column="context", question_column="start",
+                  choice_columns=["ending0", "ending1", "ending2"], max_seq_length=16)
+    return MultipleChoiceDataConfig(**{**fields, **changes})
+
+
+HEADER = ["context", "start", "ending0", "ending1", "ending2", "label"]
+
+
+def tokens(tok, ids, length) -> list[str]:
+    return tok.convert_ids_to_tokens([int(i) for i in ids[:length]])
+
+
+def test_pairs_are_context_then_question_and_choice(tok, tmp_path):
+    path = write_csv(tmp_path / "a.csv", HEADER, [
+        ("the man", "he", "was good", "was bad", "yes", "0"),
+        ("a woman", "", "is fun", "is boring too", "no", "2"),  # no question on this row
+    ])
+    split = mc_data.load_prediction_split(path, data_cfg(), tok, max_positions=64)
+    assert split.num_choices == 3 and split.labels.tolist() == [0, 2]
+    ids, types, lengths = split.input_ids[0], split.token_type_ids[0], split.choice_lengths[0]
+    assert ids.shape == (3, 8) and lengths.tolist() == [8, 8, 7]
+    assert tokens(tok, ids[0], 8) == ["[CLS]", "the", "man", "[SEP]", "he", "was", "good", "[SEP]"]
+    assert types[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert tokens(tok, ids[2], 7) == ["[CLS]", "the", "man", "[SEP]", "he", "yes", "[SEP]"]
+    assert ids[2, 7] == tok.pad_token_id  # the shorter choice is padded
+    assert tokens(tok, split.input_ids[1][1], 8) == ["[CLS]", "a", "woman", "[SEP]", "is", "boring",
+                                                    "too", "[SEP]"]
+
+
+def test_long_contexts_are_cut_first_and_choices_stay_whole(tok, tmp_path):
+    context = "the man and the woman and the king"  # 8 tokens
+    path = write_csv(tmp_path / "a.csv", HEADER, [(context, "he", "was very good", "no", "yes", "1")])
+    split = mc_data.load_prediction_split(path, data_cfg(max_seq_length=10), tok, max_positions=64)
+    first = split.input_ids[0][0]
+    assert tokens(tok, first, 10) == ["[CLS]", "the", "man", "and", "[SEP]", "he", "was", "very",
+                                      "good", "[SEP]"]
+    # question + choice alone leave no room (4 + 3 specials >= 6): both sides are cut
+    split = mc_data.load_prediction_split(path, data_cfg(max_seq_length=6), tok, max_positions=64)
+    assert split.choice_lengths[0].max() <= 6 and split.input_ids[0].shape[1] <= 6
+    assert tokens(tok, split.input_ids[0][0], 6).count("[SEP]") == 2
+
+
+def test_a_column_of_lists_jsonl_and_csv(tok, tmp_path):
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text(json.dumps({"context": "the day", "choices": ["was good", "was bad"], "label": 1})
+                     + "\n" + json.dumps({"context": "the night", "choices": ["fun", "boring"]}) + "\n")
+    cfg = data_cfg(question_column=None, choice_columns=None, choices_column="choices")
+    with pytest.raises(DataError, match=r"a.jsonl, line 2: column 'label' holds None"):
+        mc_data.load_prediction_split(str(jsonl), cfg, tok, max_positions=64)
+    path = write_csv(tmp_path / "a.csv", ["context", "choices", "label"],
+                     [("the day", '["was good", "was bad"]', "1"), ("the night", '["fun", "boring"]', "0")])
+    split = mc_data.load_prediction_split(path, cfg, tok, max_positions=64)
+    assert split.num_choices == 2 and split.labels.tolist() == [1, 0]
+    assert tokens(tok, split.input_ids[1][1], 5) == ["[CLS]", "the", "night", "[SEP]", "boring"]
+    ragged = write_csv(tmp_path / "b.csv", ["context", "choices"],
+                       [("the day", '["a", "b"]'), ("the night", '["a", "b", "the"]')])
+    with pytest.raises(DataError, match=r"b.csv, line 3: column 'choices' holds 3 choices but .*line 2 holds 2"):
+        mc_data.load_prediction_split(ragged, cfg, tok, max_positions=64)
+
+
+BAD_ROWS = [
+    # (rows, config changes, what the message says)
+    ([("the man", "he", "ran", "sat", "was", "3")], {}, "line 2: label 3 in column 'label' is not a choice index"),
+    ([("the man", "he", "ran", "", "was", "0")], {}, "line 2: choice 1 in column 'ending1' is empty"),
+    ([("the man", "he", "ran", "sat", "was", "0")], {"choice_columns": ["ending0", "ending3"]},
+     "no column 'ending3' (data.choice_columns)"),
+    ([("the man", "he", "ran", "sat", "was", "first")], {}, "line 2: column 'label' holds 'first'"),
+]
+
+
+@pytest.mark.parametrize("rows, changes, says", BAD_ROWS, ids=["label", "missing", "column", "text"])
+def test_bad_rows_are_one_data_error(tok, tmp_path, rows, changes, says):
+    path = write_csv(tmp_path / "bad.csv", HEADER, rows)
+    with pytest.raises(DataError) as error:
+        mc_data.load_prediction_split(path, data_cfg(**changes), tok, max_positions=64)
+    assert str(path) in str(error.value) and says in str(error.value), str(error.value)
+
+
+def test_batches_are_examples_by_choices_by_positions(tok, tmp_path):
+    path = write_csv(tmp_path / "a.csv", HEADER, [
+        ("the man", "he", "was good", "yes", "no", "0"),
+        ("the woman and the king", "they", "yes", "no", "was", "1"),
+        ("a day", "", "fun", "boring", "good", "2"),
+    ])
+    split = mc_data.load_prediction_split(path, data_cfg(), tok, max_positions=64)
+    batcher = mc_data.MultipleChoiceBatcher(split, batch_size=2, bucket_sizes=[8, 12])
+    batches = list(batcher.eval_batches())
+    assert [b["input_ids"].shape for b in batches] == [(2, 3, 8), (2, 3, 12)]
+    last = batches[1]
+    assert last["index"].tolist() == [1, -1] and last["example_weight"].tolist() == [1.0, 0.0]
+    assert last["attention_mask"][1].tolist() == [[1] + [0] * 11] * 3  # a padding row
+    real = last["attention_mask"][0].sum(-1)
+    assert real.tolist() == split.choice_lengths[1].tolist() and last["labels"][0] == 1
+    np.testing.assert_array_equal(last["input_ids"][0][:, : split.input_ids[1].shape[1]], split.input_ids[1])
+
+
+# ---------------------------------------------------------------------------- CLI end to end
+
+CLI_HEADER = ["id", "context", "start", "ending0", "ending1", "ending2", "label"]
+
+
+def choice_rows(n: int, seed: int) -> list[tuple]:
+    """SWAG-shaped rows a tiny model learns: the right ending holds a positive word, the other
+    two a negative one."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = int(rng.integers(3))
+        endings = [" ".join([*rng.choice(NEUTRAL_WORDS, 2), rng.choice(POSITIVE if k == label else NEGATIVE)])
+                   for k in range(3)]
+        context = " ".join(rng.choice(NEUTRAL_WORDS, int(rng.integers(2, 7))))
+        rows.append((f"ex{i}", context, str(rng.choice(["he", "she", "they"])), *endings, label))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def cli_assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mc-cli")
+    tok = make_tokenizer(root)
+    ckpt = make_tiny_checkpoint(root, tok, cls=transformers.BertModel)
+    rows = choice_rows(200, seed=1)
+    return {"root": root, "ckpt": ckpt, "valid_rows": rows[160:],
+            "train": write_csv(root / "train.csv", CLI_HEADER, rows[:160]),
+            "valid": write_csv(root / "valid.csv", CLI_HEADER, rows[160:])}
+
+
+def write_config(path: Path, assets, **data) -> str:
+    raw = {
+        "task": "multiple_choice",
+        "model": {"pretrained": str(assets["ckpt"])},
+        "data": {"train_file": assets["train"], "validation_file": assets["valid"],
+                 "context_column": "context", "question_column": "start",
+                 "choice_columns": ["ending0", "ending1", "ending2"], "max_seq_length": 24,
+                 "bucket_sizes": [16, 24], **data},
+        "optim": {"lr": 5e-3, "warmup_ratio": 0.1},
+        "train": {"batch_size": 16, "epochs": 6, "log_every": 10, "seed": 0, "progress": False,
+                  "tensorboard": False},
+    }
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_finetune_evaluate_predict_and_transformers_agree(cli_assets, tmp_path):
+    config = write_config(tmp_path / "c.yaml", cli_assets)
+    workdir = tmp_path / "run"
+    assert cli.main(["finetune", "--config", config, "--workdir", str(workdir)]) == 0
+    train_losses = [r["loss"] for r in read_metrics(workdir) if r["split"] == "train"]
+    assert train_losses[-1] < 0.5 * train_losses[0], train_losses
+    results = json.loads((workdir / "eval_results.json").read_text())["validation"]
+    assert results["accuracy"] >= 0.8, results
+
+    best = workdir / "best"
+    assert json.loads((best / "config.json").read_text())["architectures"] == ["BertForMultipleChoice"]
+    out_json = tmp_path / "eval.json"
+    assert cli.main(["evaluate", "--model", str(best), "--file", cli_assets["valid"], "--config", config,
+                     "--output", str(out_json)]) == 0
+    evaluated = json.loads(out_json.read_text())
+    assert evaluated["examples"] == 40
+    assert evaluated["accuracy"] == pytest.approx(results["accuracy"], abs=1e-6)
+
+    out_csv = tmp_path / "pred.csv"
+    assert cli.main(["predict", "--model", str(best), "--file", cli_assets["valid"], "--config", config,
+                     "--output", str(out_csv)]) == 0
+    with out_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == CLI_HEADER + ["predicted_choice", "prob_0", "prob_1", "prob_2"]
+    assert [r["id"] for r in rows] == [r[0] for r in cli_assets["valid_rows"]]
+    correct = [int(r["predicted_choice"]) == int(r["label"]) for r in rows]
+    assert np.mean(correct) == pytest.approx(results["accuracy"], abs=1e-6)
+
+    # transformers on the export, tokenizing the pairs itself, gives predict's probabilities
+    model = transformers.AutoModelForMultipleChoice.from_pretrained(str(best)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(best))
+    for row in rows:
+        endings = [row[f"ending{k}"] for k in range(3)]
+        encoded = tokenizer([row["context"]] * 3, [f"{row['start']} {e}" for e in endings],
+                            padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**{k: v[None] for k, v in encoded.items()}).logits[0]
+        probs = torch.softmax(logits.double(), -1).numpy()
+        np.testing.assert_allclose([float(row[f"prob_{k}"]) for k in range(3)], probs, atol=1e-5)
+        assert int(row["predicted_choice"]) == int(probs.argmax())
+
+
+BAD_FILES = [
+    # (name, rows, config changes, what the message says)
+    ("label.csv", [("x", "the man", "he", "a", "b", "the", "3")], {},
+     "line 2: label 3 in column 'label' is not a choice index"),
+    ("missing.csv", [("x", "the man", "he", "a", "", "the", "0")], {},
+     "line 2: choice 1 in column 'ending1' is empty"),
+    ("column.csv", [("x", "the man", "he", "a", "b", "the", "0")],
+     {"choice_columns": ["ending0", "ending1", "ending3"]}, "no column 'ending3' (data.choice_columns)"),
+]
+
+
+@pytest.mark.parametrize("name, rows, changes, says", BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_bad_input_is_one_data_error_line(cli_assets, tmp_path, name, rows, changes, says):
+    bad = write_csv(tmp_path / name, CLI_HEADER, rows)
+    config = write_config(tmp_path / "bad.yaml", cli_assets, validation_file=bad, **changes)
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "jaxtl.cli", "finetune", "--config", config,
+                           "--workdir", str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "jaxtl: error:" in line]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert says in errors[0], errors[0]
+    if name != "column.csv":  # a missing column is found in the training file, which comes first
+        assert bad in errors[0], errors[0]
