@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxtl import heads, hf
 from jaxtl.config import Config, MultipleChoiceDataConfig
-from jaxtl.errors import DataError
+from jaxtl.errors import ConfigError, DataError
 from jaxtl.tasks import common
 from jaxtl.train import EvalSet, Setup
 
@@ -82,8 +82,9 @@ def setup(cfg: Config) -> Setup:
 
 def _data_config(cfg) -> MultipleChoiceDataConfig:
     if not isinstance(cfg.data, MultipleChoiceDataConfig):
-        raise DataError("a multiple-choice model needs the column names of a `task: "
-                        "multiple_choice` config (--config, or --set data.choice_columns=...)")
+        raise ConfigError(f"a multiple-choice model needs the column names of a `task: "
+                          f"multiple_choice` config, not of task={cfg.task!r} (--config, or "
+                          f"--set data.choice_columns=[...])")
     return cfg.data
 
 
