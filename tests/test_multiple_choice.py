@@ -185,6 +185,34 @@ def test_export_loads_in_transformers_with_the_same_logits(case, tmp_path):
     assert jaxtl.hf.head_of_folder(out) == "multiple_choice"
 
 
+def test_dropout_before_the_classifier_follows_hf(case):
+    """HF drops before `classifier` with classifier_dropout on BERT and ALBERT, seq_classif_dropout
+    on DistilBERT (jaxtl classifier_dropout), hidden_dropout_prob on RoBERTa (classifier_dropout
+    ignored) and summary_last_dropout on ELECTRA (classifier_dropout ignored)."""
+    family = case["prefix"]
+    quiet = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.9)
+    if family == "Electra":
+        quiet["summary_last_dropout"] = 0.0
+    model, params = jaxtl.hf.load(case["folder"], head="multiple_choice", **quiet)
+    batch = jax_batch(case["batch"])
+    args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    exact = model.apply({"params": params}, *args, deterministic=True)["logits"]
+    noisy = model.apply({"params": params}, *args, deterministic=False,
+                        rngs={"dropout": jax.random.key(0)})["logits"]
+    dropped = family in ("Bert", "Albert", "DistilBert")
+    assert (not np.allclose(exact, noisy, atol=1e-6)) == dropped
+
+
+def test_electra_summary_settings_jaxtl_cannot_compute_are_refused():
+    from jaxtl.errors import ConfigError
+    from jaxtl.families.electra import ElectraConfig
+
+    with pytest.raises(ConfigError, match="summary_type='attn' is not supported"):
+        ElectraConfig.from_hf({"summary_type": "attn"})
+    with pytest.raises(ConfigError, match="summary_activation='softsign' is not supported"):
+        ElectraConfig.from_hf({"summary_activation": "softsign"})
+
+
 def test_padding_rows_do_not_count():
     """A zero-weight row leaves the loss and the sums as the real rows alone give them."""
     logits = jnp.asarray([[0.1, 2.0, -1.0], [1.0, 0.0, 0.5], [3.0, 3.0, 3.0]])
