@@ -152,7 +152,8 @@ def encode_pairs(tokenizer, firsts: Sequence[str], seconds: Sequence[str], max_l
     the first text is cut first (``only_first``), both (``longest_first``) only where the
     second alone leaves no room for a token of the first."""
     special = tokenizer.num_special_tokens_to_add(pair=True)
-    second_lengths = [len(ids) for ids in tokenizer(list(seconds), add_special_tokens=False)["input_ids"]]
+    alone = tokenizer(list(seconds), add_special_tokens=False)["input_ids"]
+    second_lengths = [len(ids) for ids in alone]
     input_ids: list = [None] * len(firsts)
     token_type_ids: list = [None] * len(firsts)
     for strategy, fits in (("only_first", True), ("longest_first", False)):
