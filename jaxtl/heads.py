@@ -207,6 +207,39 @@ HEADS["token_classification"] = HeadSpec(
 )
 
 
+# ---------------------------------------------------------------------------- multiple choice
+
+
+def _multiple_choice_metrics(config, labels, outputs) -> dict[str, float]:
+    """``labels [N]``: the right choice of each example; ``outputs["logits"] [N, C]``."""
+    predicted = np.asarray(outputs["logits"]).argmax(-1)
+    return {"accuracy": float((predicted == np.asarray(labels)).mean()) if len(labels) else 0.0}
+
+
+def _multiple_choice_prediction(config, outputs) -> dict[str, Any]:
+    """``predicted_choice`` (0-based) and ``prob_<i>`` (softmax over the choices) per choice."""
+    scores = np.asarray(outputs["logits"], np.float64)
+    z = np.exp(scores - scores.max())
+    probs = z / z.sum()
+    row = {"predicted_choice": int(probs.argmax())}
+    row.update({f"prob_{i}": float(p) for i, p in enumerate(probs)})
+    return row
+
+
+# The modules are each family's own (FamilySpec.models["multiple_choice"]): HF scores a choice
+# with the pooler (BERT, ALBERT, RoBERTa), pre_classifier (DistilBERT) or sequence_summary
+# (ELECTRA), then a `classifier` linear (hidden -> 1).
+HEADS["multiple_choice"] = HeadSpec(
+    "multiple_choice", ("logits",),
+    "multiple choice (SWAG-style: one score per choice, softmax over them), HF *ForMultipleChoice",
+    task=lambda config: steps.MULTIPLE_CHOICE,
+    metrics=_multiple_choice_metrics,
+    format_prediction=_multiple_choice_prediction,
+    best_metric=lambda config: "accuracy",
+    recipe="jaxtl.tasks.multiple_choice",
+)
+
+
 def get(name: str | None) -> HeadSpec:
     if name not in HEADS:
         raise ConfigError(f"head {name!r} is unknown; use one of {', '.join(str(h) for h in HEADS)}")

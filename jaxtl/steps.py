@@ -252,6 +252,33 @@ def token_classification_task(length: int) -> TokenClassificationTask:
     )
 
 
+# ---------------------------------------------------------------------------- multiple choice
+
+
+def multiple_choice_loss(logits_BxC: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
+    """HF's ``*ForMultipleChoice`` loss: cross-entropy of the right choice over ``logits [B, C]``
+    (one score per choice), whatever C is (one choice is no regression here).
+
+    ``batch["labels"]``: ``[B]`` int index of the right choice; ``batch["example_weight"]``:
+    ``[B]``. Metric sums as classification's: ``loss_sum``, ``correct`` over ``count`` rows.
+    """
+    weight_B = batch["example_weight"].astype(jnp.float32)
+    logits_BxC = logits_BxC.astype(jnp.float32)
+    labels_B = batch["labels"].astype(jnp.int32)
+    ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
+    metrics = {
+        "loss_sum": (ce_B * weight_B).sum(),
+        "count": weight_B.sum(),
+        "correct": ((logits_BxC.argmax(-1) == labels_B) * weight_B).sum(),
+    }
+    return metrics["loss_sum"] / jnp.maximum(metrics["count"], 1.0), metrics
+
+
+MULTIPLE_CHOICE = Task(
+    "multiple_choice", lambda outputs, batch: multiple_choice_loss(outputs["logits"], batch)
+)
+
+
 def make_train_step(task: Task, *, axis_name: str | None = None, skip_nonfinite: bool = False):
     """``train_step(state, batch, rng) -> (state, metrics)`` for ``task``.
 

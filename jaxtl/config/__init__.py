@@ -18,7 +18,7 @@ from jaxtl.config.checks import validate  # noqa: F401
 from jaxtl.config.parse import apply_overrides, from_dict, load  # noqa: F401
 from jaxtl.config.schema import (  # noqa: F401
     CHOICES, DATA_CLASSES, JAXTL_ONLY_FIELDS, SECTIONS, SEED_LIMIT, TASKS, Architecture, Config,
-    FinetuneDataConfig, MeshConfig, ModelConfig, OptimConfig, PretrainDataConfig,
+    FinetuneDataConfig, MeshConfig, ModelConfig, MultipleChoiceDataConfig, OptimConfig, PretrainDataConfig,
     QuestionAnsweringDataConfig, TokenClassificationDataConfig, TrainConfig, architecture,
     architecture_fields,
 )

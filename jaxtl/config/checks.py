@@ -9,7 +9,7 @@ from typing import Any
 
 from jaxtl.errors import ConfigError
 from jaxtl.config.messages import _one_line, _join, _show
-from jaxtl.config.schema import Config, FinetuneDataConfig, MeshConfig, ModelConfig, OptimConfig, PretrainDataConfig, QuestionAnsweringDataConfig, SEED_LIMIT, TokenClassificationDataConfig, TrainConfig, architecture
+from jaxtl.config.schema import Config, FinetuneDataConfig, MeshConfig, ModelConfig, MultipleChoiceDataConfig, OptimConfig, PretrainDataConfig, QuestionAnsweringDataConfig, SEED_LIMIT, TokenClassificationDataConfig, TrainConfig, architecture
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,6 +66,8 @@ def validate(cfg: Config) -> None:
         _validate_token_classification_data(cfg.data)
     elif cfg.task == "question_answering":
         _validate_question_answering_data(cfg.data)
+    elif cfg.task == "multiple_choice":
+        _validate_multiple_choice_data(cfg.data)
     else:
         _validate_pretrain_data(cfg.data)
     _validate_optim(cfg.optim)
@@ -278,6 +280,31 @@ def _validate_token_classification_data(d: TokenClassificationDataConfig) -> Non
         names = [str(label).strip() for label in d.labels]
         if len(names) < 2 or len(set(names)) != len(names):
             raise ConfigError(f"data.labels={_show(d.labels)} needs at least 2 distinct tags")
+    for i, size in enumerate(d.bucket_sizes):
+        _positive(f"data.bucket_sizes[{i}]", size)
+    if any(a >= b for a, b in zip(d.bucket_sizes, d.bucket_sizes[1:])):
+        raise ConfigError(f"data.bucket_sizes={_show(d.bucket_sizes)} must be increasing")
+
+
+def _validate_multiple_choice_data(d: MultipleChoiceDataConfig) -> None:
+    _positive("data.max_seq_length", d.max_seq_length)
+    if d.max_seq_length < 4:
+        raise ConfigError(f"data.max_seq_length={d.max_seq_length} leaves no room for a context "
+                          "and a choice beside [CLS] [SEP] [SEP]")
+    if d.dataset is None and d.train_file is None:
+        raise ConfigError("set data.train_file (a CSV/TSV/JSON/JSONL file) or data.dataset")
+    if d.dataset is not None and d.train_file is not None:
+        raise ConfigError("set either data.train_file or data.dataset, not both")
+    if d.dataset is None:
+        hub_only = ("dataset_config", "train_split", "validation_split", "test_split")
+        _unused_unless("data", d, hub_only, "with data.dataset")
+    if (d.choice_columns is None) == (d.choices_column is None):
+        raise ConfigError("set one of data.choice_columns (one column per choice, e.g. [ending0, "
+                          "ending1, ending2, ending3]) or data.choices_column (a column of lists)")
+    if d.choice_columns is not None:
+        if len(d.choice_columns) < 2 or len(set(d.choice_columns)) != len(d.choice_columns):
+            raise ConfigError(f"data.choice_columns={_show(d.choice_columns)} needs at least 2 "
+                              "distinct columns")
     for i, size in enumerate(d.bucket_sizes):
         _positive(f"data.bucket_sizes[{i}]", size)
     if any(a >= b for a, b in zip(d.bucket_sizes, d.bucket_sizes[1:])):

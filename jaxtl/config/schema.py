@@ -140,6 +140,37 @@ class QuestionAnsweringDataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MultipleChoiceDataConfig:
+    """``task: multiple_choice`` (SWAG-style: pick the right one of C choices)."""
+
+    # An HF `datasets` name (e.g. "swag" with config "regular"), for users online ...
+    dataset: str | None = None
+    dataset_config: str | None = None
+    # ... or local files (CSV, TSV, JSON, JSONL), one example per row.
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str | None = None
+    context_column: str = "context"  # the first segment of every choice's input (SWAG: sent1)
+    # Optional text put before every choice in the second segment (SWAG: sent2, the start of
+    # the sentence that each ending completes).
+    question_column: str | None = None
+    # The choices: one column per choice (SWAG: [ending0, ending1, ending2, ending3]) ...
+    choice_columns: list[str] | None = None
+    # ... or one column holding a list of choices per row (JSON lists; in CSV/TSV a JSON list
+    # text). Set exactly one of the two; every row of a file has the same number of choices.
+    choices_column: str | None = None
+    label_column: str = "label"  # the 0-based index of the right choice
+    # Tokens per choice, [CLS]/[SEP] included: (context, question + choice) pairs longer than
+    # this lose tokens from the end of the context first, so every choice stays whole.
+    max_seq_length: int = 128
+    # Batches are padded only to the next of these lengths (a handful of shapes to compile).
+    bucket_sizes: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256, 512])
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimConfig:
     name: str = "adamw"  # adamw, lamb, or sgd (b1 is its momentum; 0 for none)
     lr: float = 2e-5  # peak learning rate
@@ -201,9 +232,9 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    task: str = "finetune"  # finetune (sequence classification), token_classification, question_answering or pretrain
+    task: str = "finetune"  # finetune (sequence classification), token_classification, question_answering, multiple_choice or pretrain
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    data: FinetuneDataConfig | PretrainDataConfig | QuestionAnsweringDataConfig = dataclasses.field(
+    data: FinetuneDataConfig | PretrainDataConfig | QuestionAnsweringDataConfig | MultipleChoiceDataConfig = dataclasses.field(
         default_factory=FinetuneDataConfig
     )
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -214,11 +245,12 @@ class Config:
         return dataclasses.asdict(self)
 
 
-TASKS = ("finetune", "pretrain", "token_classification", "question_answering")
+TASKS = ("finetune", "pretrain", "token_classification", "question_answering", "multiple_choice")
 SECTIONS = ("model", "data", "optim", "mesh", "train")
 DATA_CLASSES = {"finetune": FinetuneDataConfig, "pretrain": PretrainDataConfig,
                 "token_classification": TokenClassificationDataConfig,
-                "question_answering": QuestionAnsweringDataConfig}
+                "question_answering": QuestionAnsweringDataConfig,
+                "multiple_choice": MultipleChoiceDataConfig}
 
 
 # --------------------------------------------------------------------------------------------

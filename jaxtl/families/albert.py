@@ -23,6 +23,7 @@ Models return dicts of named arrays:
   ``masked_positions [B, P]``), ``sop_logits [B, num_labels]`` (HF sizes the SOP head by
   ``num_labels``, 2 for pretraining checkpoints)
 * :class:`AlbertForSequenceClassification` -> ``logits [B, num_labels]``
+* :class:`AlbertForMultipleChoice` -> ``logits [B, C]`` (one score per choice; inputs ``[B, C, L]``)
 
 Depth for freezing and layer-wise lr decay (:func:`layer_depth`): the embeddings and
 ``embedding_hidden_mapping_in`` are depth 0, group ``g`` is depth ``g + 1`` (a shared group is one
@@ -47,7 +48,7 @@ from jaxtl.families import FamilySpec, register
 from jaxtl.families.bert import BertEmbeddings, gather_positions, tied_decoder
 from jaxtl.families.layers import (
     ACTIVATIONS, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
-    constrain, dense, layer_norm,
+    constrain, dense, flatten_choices, layer_norm,
 )
 
 # Hugging Face config fields jaxtl does not implement; a checkpoint that sets them to anything but
@@ -332,6 +333,24 @@ class AlbertForSequenceClassification(nn.Module):
         return {"logits": dense(c, c.num_labels, ("embed", None), "classifier")(pooled_BxD)}
 
 
+class AlbertForMultipleChoice(nn.Module):
+    """Every choice through the trunk: pooler -> dropout (``classifier_dropout``) ->
+    ``classifier`` (hidden -> 1); logits ``[B, C]`` (HF's ``AlbertForMultipleChoice``)."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
+                 position_ids=None):
+        c = self.config
+        num_choices, rows = flatten_choices(input_ids, attention_mask, token_type_ids, position_ids)
+        ids, mask, types, positions = rows
+        _, pooled_NxD = AlbertTrunk(c, name="albert")(ids, mask, types, deterministic, positions)
+        pooled_NxD = nn.Dropout(c.classifier_dropout_rate)(pooled_NxD, deterministic=deterministic)
+        scores_Nx1 = dense(c, 1, ("embed", None), "classifier")(pooled_NxD)
+        return {"logits": scores_Nx1.reshape(-1, num_choices)}
+
+
 def layer_depth(path: tuple[str, ...], num_layers: int) -> int:
     """0 for the embeddings and ``embedding_hidden_mapping_in``, g+1 for layer group g (a shared
     group has one depth however many layers run it), num_layers+1 for pooler and heads."""
@@ -364,6 +383,7 @@ SPEC = register(FamilySpec(
         None: (AlbertModel, "AlbertModel"),
         "pretraining": (AlbertForPreTraining, "AlbertForPreTraining"),
         "classification": (AlbertForSequenceClassification, "AlbertForSequenceClassification"),
+        "multiple_choice": (AlbertForMultipleChoice, "AlbertForMultipleChoice"),
     },
     head_prefixes=("predictions.", "sop_classifier.", "classifier."),
     layer_depth=layer_depth,

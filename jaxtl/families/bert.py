@@ -9,6 +9,7 @@ rename table plus kernel transposes (see :mod:`jaxtl.hf`). Models return a dict 
 * :class:`BertForPreTraining` -> ``mlm_logits [B, L, V]`` (``[B, P, V]`` when
   ``masked_positions [B, P]`` is given), ``nsp_logits [B, 2]``
 * :class:`BertForSequenceClassification` -> ``logits [B, num_labels]``
+* :class:`BertForMultipleChoice` -> ``logits [B, C]`` (one score per choice; inputs ``[B, C, L]``)
 
 Call them as ``model.apply({"params": params}, input_ids, attention_mask, token_type_ids,
 deterministic=True)``; optional ``position_ids [B, L]`` (default ``0..L-1``) and an
@@ -27,7 +28,7 @@ import flax.linen as nn
 from jaxtl.families import FamilySpec, register
 from jaxtl.families.layers import (
     ACTIVATIONS, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
-    constrain, dense, embed, layer_norm, partitioned,
+    constrain, dense, embed, flatten_choices, layer_norm, partitioned,
 )
 
 # Hugging Face config fields jaxtl does not implement; a checkpoint that sets them to anything but
@@ -375,6 +376,26 @@ class BertForSequenceClassification(nn.Module):
         return {"logits": logits}
 
 
+class BertForMultipleChoice(nn.Module):
+    """Every choice through the trunk: pooler -> dropout -> ``classifier`` (hidden -> 1); an
+    example's C scores are its ``logits [B, C]`` (HF's ``BertForMultipleChoice``; softmax over
+    the choices). Inputs ``[B, C, L]`` (see :func:`flatten_choices`)."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
+                 position_ids=None):
+        c = self.config
+        num_choices, rows = flatten_choices(input_ids, attention_mask, token_type_ids, position_ids)
+        ids, mask, types, positions = rows
+        _, pooled_NxD = BertTrunk(c, name="bert")(ids, mask, types, deterministic, positions)
+        rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
+        pooled_NxD = nn.Dropout(rate)(pooled_NxD, deterministic=deterministic)
+        scores_Nx1 = dense(c, 1, ("embed", None), "classifier")(pooled_NxD)
+        return {"logits": scores_Nx1.reshape(-1, num_choices)}
+
+
 def layer_depth(path: tuple[str, ...], num_layers: int) -> int:
     """0 for embeddings, i+1 for encoder layer i, num_layers+1 for pooler and heads."""
     if path[1:2] == ("embeddings",):
@@ -408,6 +429,7 @@ SPEC = register(FamilySpec(
         None: (BertModel, "BertModel"),
         "pretraining": (BertForPreTraining, "BertForPreTraining"),
         "classification": (BertForSequenceClassification, "BertForSequenceClassification"),
+        "multiple_choice": (BertForMultipleChoice, "BertForMultipleChoice"),
     },
     head_prefixes=("cls.predictions.", "cls.seq_relationship.", "classifier."),
     layer_depth=layer_depth,

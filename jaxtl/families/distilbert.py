@@ -11,6 +11,8 @@ Models return a dict of named arrays:
 * :class:`DistilBertForMaskedLM` -> ``mlm_logits [B, L, V]`` (``[B, P, V]`` when
   ``masked_positions [B, P]`` is given); pretrain it with ``data.nsp: false``
 * :class:`DistilBertForSequenceClassification` -> ``logits [B, num_labels]``
+* :class:`DistilBertForMultipleChoice` -> ``logits [B, C]`` (one score per choice; inputs
+  ``[B, C, L]``)
 
 Config: Hugging Face names the fields differently (``dim``, ``n_layers``, ``n_heads``,
 ``hidden_dim``, ``dropout``, ``attention_dropout``, ``activation``, ``seq_classif_dropout``);
@@ -40,7 +42,7 @@ from jaxtl.families import FamilySpec, register
 from jaxtl.families.bert import BertLayerCollection, gather_positions, tied_decoder
 from jaxtl.families.layers import (
     ACTIVATIONS, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
-    constrain, dense, embed, init_normal, layer_norm, partitioned,
+    constrain, dense, embed, flatten_choices, init_normal, layer_norm, partitioned,
 )
 
 # Hugging Face DistilBertConfig field -> jaxtl's standard field name.
@@ -336,6 +338,27 @@ class DistilBertForSequenceClassification(nn.Module):
         return {"logits": logits}
 
 
+class DistilBertForMultipleChoice(nn.Module):
+    """Every choice through the trunk: first token -> pre_classifier -> ReLU -> dropout
+    (``seq_classif_dropout``, jaxtl ``classifier_dropout``) -> ``classifier`` (hidden -> 1);
+    logits ``[B, C]`` (HF's ``DistilBertForMultipleChoice``)."""
+
+    config: DistilBertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
+                 position_ids=None):
+        c = self.config
+        num_choices, rows = flatten_choices(input_ids, attention_mask, token_type_ids, position_ids)
+        ids, mask, types, positions = rows
+        hidden_NxLxD = DistilBertTrunk(c, name="distilbert")(ids, mask, types, deterministic, positions)
+        first_NxD = dense(c, c.hidden_size, ("embed", "mlp"), "pre_classifier")(hidden_NxLxD[:, 0])
+        rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
+        first_NxD = nn.Dropout(rate)(nn.relu(first_NxD), deterministic=deterministic)
+        scores_Nx1 = dense(c, 1, ("mlp", None), "classifier")(first_NxD)
+        return {"logits": scores_Nx1.reshape(-1, num_choices)}
+
+
 def layer_depth(path: tuple[str, ...], num_layers: int) -> int:
     """0 for embeddings, i+1 for transformer layer i, num_layers+1 for the heads."""
     if path[1:2] == ("embeddings",):
@@ -360,6 +383,7 @@ SPEC = register(FamilySpec(
         None: (DistilBertModel, "DistilBertModel"),
         "pretraining": (DistilBertForMaskedLM, "DistilBertForMaskedLM"),
         "classification": (DistilBertForSequenceClassification, "DistilBertForSequenceClassification"),
+        "multiple_choice": (DistilBertForMultipleChoice, "DistilBertForMultipleChoice"),
     },
     head_prefixes=("vocab_transform.", "vocab_layer_norm.", "vocab_projector.", "pre_classifier.",
                    "classifier."),

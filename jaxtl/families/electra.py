@@ -12,6 +12,9 @@ parameter tree mirrors Hugging Face's ``ElectraFor...`` classes (``electra/embed
   that the token was replaced (by the generator); train it with
   :func:`jaxtl.steps.replaced_token_detection_loss`
 * :class:`ElectraForSequenceClassification` -> ``logits [B, num_labels]``
+* :class:`ElectraForMultipleChoice` -> ``logits [B, C]`` (one score per choice; inputs
+  ``[B, C, L]``): HF's ``sequence_summary`` (first token -> ``summary`` dense -> activation ->
+  dropout, per the ``summary_*`` config fields) -> ``classifier`` (hidden -> 1)
 
 Hub ELECTRA checkpoints are mostly discriminators saved as ``ElectraForPreTraining``; loaded for
 classification, their ``discriminator_predictions`` weights are dropped (named) and the
@@ -27,15 +30,23 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxtl.errors import ConfigError
 from jaxtl.families import FamilySpec, register
 from jaxtl.families.bert import UNSUPPORTED_HF_FIELDS, BertEmbeddings, BertEncoder
 from jaxtl.families.layers import (
     ACTIVATIONS, as_attention_mask, check_common, check_length, config_from_hf, config_to_hf,
-    constrain, dense,
+    constrain, dense, flatten_choices,
 )
+
+# How HF's ElectraSequenceSummary (the multiple-choice head) may summarise a sequence and which
+# activation it may apply (transformers' get_activation names; None or "": none).
+SUMMARY_TYPES = ("first", "last", "mean", "cls_index")
+SUMMARY_ACTIVATIONS = {**ACTIVATIONS, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid,
+                       "linear": lambda x: x}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +72,14 @@ class ElectraConfig:
     # Classification labels, in id order; one label means regression (a tuple: hashable).
     labels: tuple[str, ...] = ("LABEL_0", "LABEL_1")
     problem_type: str | None = None  # HF's field: "regression" / "single_label_classification"
+    # The multiple-choice head's sequence summary (HF ElectraSequenceSummary): which hidden state
+    # (first, last, mean; cls_index without indices is the last), a hidden -> hidden dense or not,
+    # its activation (None: none), dropout before and after.
+    summary_type: str = "first"
+    summary_use_proj: bool = True
+    summary_activation: str | None = "gelu"
+    summary_first_dropout: float = 0.0
+    summary_last_dropout: float = 0.1
     # jaxtl-only fields: not architecture, but how the model computes.
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of the parameters
@@ -68,6 +87,12 @@ class ElectraConfig:
 
     def __post_init__(self):
         check_common(self)
+        if self.summary_type not in SUMMARY_TYPES:
+            raise ConfigError(f"summary_type={self.summary_type!r} is not supported; use one of "
+                              f"{', '.join(SUMMARY_TYPES)}")
+        if self.summary_activation and self.summary_activation not in SUMMARY_ACTIVATIONS:
+            raise ConfigError(f"summary_activation={self.summary_activation!r} is not supported; "
+                              f"use one of {sorted(SUMMARY_ACTIVATIONS)} or null")
 
     @property
     def num_labels(self) -> int:
@@ -198,6 +223,49 @@ class ElectraForSequenceClassification(nn.Module):
         return {"logits": logits}
 
 
+class ElectraSequenceSummary(nn.Module):
+    """HF's ``ElectraSequenceSummary``: one vector per row ``[N, D]`` from ``[N, L, D]`` ->
+    dropout (``summary_first_dropout``) -> ``summary`` dense (``summary_use_proj``) ->
+    ``summary_activation`` -> dropout (``summary_last_dropout``)."""
+
+    config: ElectraConfig
+
+    @nn.compact
+    def __call__(self, hidden_NxLxD, deterministic):
+        c = self.config
+        if c.summary_type == "first":
+            x_NxD = hidden_NxLxD[:, 0]
+        elif c.summary_type == "mean":  # over every position, padding included, as HF
+            x_NxD = hidden_NxLxD.mean(axis=1)
+        else:  # "last", and "cls_index" without indices (HF then takes the last position)
+            x_NxD = hidden_NxLxD[:, -1]
+        x_NxD = nn.Dropout(c.summary_first_dropout)(x_NxD, deterministic=deterministic)
+        if c.summary_use_proj:
+            x_NxD = dense(c, c.hidden_size, ("embed", "mlp"), "summary")(x_NxD)
+        if c.summary_activation:
+            x_NxD = SUMMARY_ACTIVATIONS[c.summary_activation](x_NxD)
+        return nn.Dropout(c.summary_last_dropout)(x_NxD, deterministic=deterministic)
+
+
+class ElectraForMultipleChoice(nn.Module):
+    """Every choice through the trunk -> ``sequence_summary`` -> ``classifier`` (hidden -> 1);
+    logits ``[B, C]`` (HF's ``ElectraForMultipleChoice``; ``classifier_dropout`` is not used)."""
+
+    config: ElectraConfig
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
+                 position_ids=None):
+        c = self.config
+        num_choices, rows = flatten_choices(input_ids, attention_mask, token_type_ids, position_ids)
+        ids, mask, types, positions = rows
+        hidden_NxLxD = ElectraTrunk(c, name="electra")(ids, mask, types, deterministic, positions)
+        summary_NxD = ElectraSequenceSummary(c, name="sequence_summary")(hidden_NxLxD, deterministic)
+        axes = ("mlp", None) if c.summary_use_proj else ("embed", None)
+        scores_Nx1 = dense(c, 1, axes, "classifier")(summary_NxD)
+        return {"logits": scores_Nx1.reshape(-1, num_choices)}
+
+
 def layer_depth(path: tuple[str, ...], num_layers: int) -> int:
     """0 for the embeddings and their projection, i+1 for encoder layer i, num_layers+1 for heads."""
     if path[1:2] in (("embeddings",), ("embeddings_project",)):
@@ -226,10 +294,12 @@ SPEC = register(FamilySpec(
         None: (ElectraModel, "ElectraModel"),
         "pretraining": (ElectraForPreTraining, "ElectraForPreTraining"),
         "classification": (ElectraForSequenceClassification, "ElectraForSequenceClassification"),
+        "multiple_choice": (ElectraForMultipleChoice, "ElectraForMultipleChoice"),
     },
     head_prefixes=(
         "discriminator_predictions.",
         "classifier.",
+        "sequence_summary.",  # ElectraForMultipleChoice
         # ElectraForMaskedLM (generator checkpoints): dropped, named, when loaded here.
         "generator_predictions.",
         "generator_lm_head.",

@@ -189,3 +189,20 @@ def check_length(config, input_ids) -> None:
         raise ValueError(
             f"sequence length {L} exceeds max_position_embeddings={config.max_position_embeddings}"
         )
+
+
+def flatten_choices(input_ids, attention_mask, token_type_ids, position_ids):
+    """Multiple-choice inputs as the trunk's rows: ``[B, C, L]`` arrays (``[B, C, L, L]`` masks)
+    become ``[B*C, L]`` (HF's ``view(-1, L)``), example b's choices rows ``b*C ... b*C + C-1``.
+
+    Returns ``(C, (input_ids, attention_mask, token_type_ids, position_ids))``, None kept as None.
+    ``[B, L]`` inputs count as one choice each (``C = 1``), so ``model.init`` with plain rows works.
+    """
+    if input_ids.ndim == 2:
+        return 1, (input_ids, attention_mask, token_type_ids, position_ids)
+    num_choices = input_ids.shape[1]
+
+    def rows(x):
+        return None if x is None else x.reshape((-1,) + x.shape[2:])
+
+    return num_choices, tuple(rows(x) for x in (input_ids, attention_mask, token_type_ids, position_ids))

@@ -11,7 +11,8 @@ in three places:
   dense -> exact GELU -> ``layer_norm`` -> decoder tied to the word embeddings + ``bias``);
 * the classification head reads the ``<s>`` token's hidden state itself (``classifier.dense`` ->
   tanh -> ``classifier.out_proj``, dropout before each) and the trunk of the head models has no
-  pooler (HF builds them with ``add_pooling_layer=False``); only the bare ``RobertaModel`` has one.
+  pooler (HF builds them with ``add_pooling_layer=False``); only the bare ``RobertaModel`` and
+  the multiple-choice head have one.
 
 Models return a dict of named arrays:
 
@@ -19,6 +20,9 @@ Models return a dict of named arrays:
 * :class:`RobertaForMaskedLM` -> ``mlm_logits [B, L, V]`` (``[B, P, V]`` when
   ``masked_positions [B, P]`` is given)
 * :class:`RobertaForSequenceClassification` -> ``logits [B, num_labels]``
+* :class:`RobertaForMultipleChoice` -> ``logits [B, C]`` (one score per choice; inputs
+  ``[B, C, L]``): unlike the classification head, HF's multiple-choice head reads the trunk's
+  pooler (``roberta.pooler``), then dropout (``hidden_dropout_prob``) and a ``classifier`` linear
 
 Call them as BERT's: ``model.apply({"params": params}, input_ids, attention_mask, token_type_ids,
 deterministic=True)``; ``position_ids [B, L]`` replaces the padding-aware rule above.
@@ -36,7 +40,7 @@ from jaxtl.errors import ConfigError
 from jaxtl.families import FamilySpec, register
 from jaxtl.families.bert import BertTrunk, gather_positions, layer_depth, tied_decoder
 from jaxtl.families.layers import (
-    ACTIVATIONS, check_common, config_from_hf, config_to_hf, dense, layer_norm,
+    ACTIVATIONS, check_common, config_from_hf, config_to_hf, dense, flatten_choices, layer_norm,
 )
 
 MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
@@ -236,6 +240,26 @@ class RobertaForSequenceClassification(nn.Module):
         return {"logits": logits}
 
 
+class RobertaForMultipleChoice(nn.Module):
+    """Every choice through the trunk *with* its pooler -> dropout (``hidden_dropout_prob``;
+    HF ignores ``classifier_dropout`` here) -> ``classifier`` (hidden -> 1); logits ``[B, C]``
+    (HF's ``RobertaForMultipleChoice``, also XLM-RoBERTa's and CamemBERT's)."""
+
+    config: RobertaConfig
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
+                 position_ids=None):
+        c = self.config
+        num_choices, rows = flatten_choices(input_ids, attention_mask, token_type_ids, position_ids)
+        ids, mask, types, positions = rows
+        _, pooled_NxD = run_trunk(roberta_trunk(c, add_pooler=True), ids, mask, types,
+                                  deterministic, positions)
+        pooled_NxD = nn.Dropout(c.hidden_dropout_prob)(pooled_NxD, deterministic=deterministic)
+        scores_Nx1 = dense(c, 1, ("embed", None), "classifier")(pooled_NxD)
+        return {"logits": scores_Nx1.reshape(-1, num_choices)}
+
+
 def _size(layers: int, hidden: int, heads: int) -> dict:
     return dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                 intermediate_size=4 * hidden)
@@ -257,16 +281,19 @@ SPEC = register(FamilySpec(
         None: (RobertaModel, "RobertaModel"),
         "pretraining": (RobertaForMaskedLM, "RobertaForMaskedLM"),
         "classification": (RobertaForSequenceClassification, "RobertaForSequenceClassification"),
+        "multiple_choice": (RobertaForMultipleChoice, "RobertaForMultipleChoice"),
     },
     architectures_by_model_type={
         "xlm-roberta": {None: "XLMRobertaModel", "pretraining": "XLMRobertaForMaskedLM",
-                        "classification": "XLMRobertaForSequenceClassification"},
+                        "classification": "XLMRobertaForSequenceClassification",
+                        "multiple_choice": "XLMRobertaForMultipleChoice"},
         "camembert": {None: "CamembertModel", "pretraining": "CamembertForMaskedLM",
-                      "classification": "CamembertForSequenceClassification"},
+                      "classification": "CamembertForSequenceClassification",
+                      "multiple_choice": "CamembertForMultipleChoice"},
     },
     head_prefixes=("lm_head.", "classifier."),
     layer_depth=layer_depth,  # BERT's: the same embeddings/encoder/layer paths
-    # Only RobertaModel has a pooler; checkpoints of the head models have none.
+    # Only RobertaModel and *ForMultipleChoice have a pooler; other head checkpoints have none.
     optional_prefixes=("roberta.pooler.",),
     ignored=(
         "roberta.embeddings.position_ids",  # buffers in older checkpoints

@@ -5,6 +5,7 @@ evaluation sets, and hand them to the loop (:func:`jaxtl.train.train_loop`). One
 * :mod:`jaxtl.tasks.pretraining` — ``task: pretrain``
 * :mod:`jaxtl.tasks.token_classification` — ``task: token_classification`` (NER, tagging)
 * :mod:`jaxtl.tasks.question_answering` — ``task: question_answering`` (extractive, SQuAD)
+* :mod:`jaxtl.tasks.multiple_choice` — ``task: multiple_choice`` (SWAG-style)
 
     results = jaxtl.tasks.run(jaxtl.config.load("configs/demo_finetune.yaml"), "runs/demo")
 
@@ -26,7 +27,8 @@ from jaxtl.train import Setup
 # config `task` -> the module whose setup(cfg) builds it
 RECIPES = {"finetune": "jaxtl.tasks.classification", "pretrain": "jaxtl.tasks.pretraining",
            "token_classification": "jaxtl.tasks.token_classification",
-           "question_answering": "jaxtl.tasks.question_answering"}
+           "question_answering": "jaxtl.tasks.question_answering",
+           "multiple_choice": "jaxtl.tasks.multiple_choice"}
 # `jaxtl finetune` runs every task but pretraining
 FINETUNE_TASKS = tuple(task for task in RECIPES if task != "pretrain")
 
