@@ -325,7 +325,8 @@ def load(
 
     Args:
       head: None (bare trunk), ``"pretraining"``, ``"classification"``,
-        ``"token_classification"`` (see :mod:`jaxtl.heads`).
+        ``"token_classification"``, ``"question_answering"``, ``"multiple_choice"``
+        (``jaxtl.heads.HEADS`` lists them).
       num_labels: classification outputs (1 = regression); default: the checkpoint's.
       labels: label names in id order (implies num_labels).
       dtype: compute dtype; ``param_dtype``: storage dtype.
