@@ -248,6 +248,39 @@ def test_bad_labels_are_named(tmp_path, tokenizer):
                                  max_positions=64)
 
 
+def test_hf_dataset_lists_of_class_label_ids(tokenizer, monkeypatch):
+    """go_emotions' shape: ``labels`` is a list of ClassLabel ids; names come from the feature."""
+    import datasets
+
+    from jaxtl.data import classification as cls_data
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "labels": datasets.List(datasets.ClassLabel(names=list(LABELS)))})
+    splits = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict(
+            {"text": ["so good", "bad", "the plot"], "labels": [[0, 3], [1], []]}, features=features),
+        "validation": datasets.Dataset.from_dict({"text": ["yes"], "labels": [[2]]},
+                                                 features=features),
+    })
+
+    class Hub:
+        def __init__(self, name, config, *, local_hint):
+            self.name = name
+
+        def has(self, split):
+            return split in splits
+
+        def split(self, split, what):
+            return splits[split]
+
+    monkeypatch.setattr(cls_data, "HubDataset", Hub)
+    data = load_classification_data(data_config(dataset="go_emotions_like"), tokenizer,
+                                    max_positions=64)
+    assert data.labels == LABELS  # the feature's names in id order ("fear": validation only)
+    np.testing.assert_array_equal(data.train.labels, [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(data.validation.labels, [[0, 0, 1, 0]])
+
+
 @pytest.mark.parametrize("data, message", [
     ({"multi_label": True, "regression": True}, "data.multi_label: true and data.regression"),
     ({"multi_label": True, "threshold": 1.0}, r"data.threshold=1.0 must be in \(0, 1\)"),

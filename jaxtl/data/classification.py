@@ -6,8 +6,9 @@
 Sources are tables (:mod:`jaxtl.data.tables`: local CSV/TSV/JSON/JSONL files, ``asset:`` names,
 or an HF ``datasets`` name or folder). Here their values are checked (non-empty texts; labels
 present, numeric for regression, known to the training data for validation/test; a set of
-names per row for multi-label), mapped to label ids (multi-hot rows for multi-label) and tokenized once to ``data.max_seq_length``; a :class:`Split` records that length and
-the tokenizer's pad id, so batching (:mod:`jaxtl.data.batching`) never asks for them again. Every
+names per row for multi-label), mapped to label ids (multi-hot rows for multi-label) and
+tokenized once to ``data.max_seq_length``; a :class:`Split` records that length and the
+tokenizer's pad id, so batching (:mod:`jaxtl.data.batching`) never asks for them again. Every
 problem is a :class:`DataError` that names the file, line, column or value.
 """
 
