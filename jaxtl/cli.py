@@ -179,6 +179,9 @@ def _load_for_inference(args):
         task = next((t for t, module in tasks.RECIPES.items() if module == head_spec.recipe),
                     "finetune")
         raw = {"task": task, "model": {"pretrained": args.model}, "data": {"train_file": args.file}}
+        recipe = importlib.import_module(head_spec.recipe) if head_spec.recipe else None
+        if hasattr(recipe, "inference_data_defaults"):  # e.g. multi-label from config.json
+            raw["data"].update(recipe.inference_data_defaults(hf.read_config(hf.resolve(args.model))))
         cfg = config_lib.from_dict(config_lib.apply_overrides(raw, args.overrides))
     if head_spec.recipe is None:
         architectures = hf.read_config(hf.resolve(args.model)).get("architectures")

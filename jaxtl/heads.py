@@ -52,19 +52,57 @@ def _is_regression(config) -> bool:
     return config.num_labels == 1
 
 
-def _classification_metrics(config, labels, outputs) -> dict[str, float]:
+MULTI_LABEL = "multi_label_classification"  # HF's problem_type: one sigmoid per label
+
+
+def is_multi_label(config) -> bool:
+    """A classification head trained on label sets (HF ``problem_type``, saved in config.json)."""
+    return getattr(config, "problem_type", None) == MULTI_LABEL
+
+
+def label_probabilities(config, logits) -> np.ndarray:
+    """Per-label sigmoid (multi-label) or softmax over the last axis of ``logits``, in float64."""
+    logits = np.asarray(logits, np.float64)
+    if is_multi_label(config):
+        return 1.0 / (1.0 + np.exp(-logits))
+    z = logits - logits.max(-1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+
+
+def _classification_task(config) -> steps.Task:
+    return steps.MULTI_LABEL_CLASSIFICATION if is_multi_label(config) else steps.CLASSIFICATION
+
+
+def _classification_best_metric(config) -> str:
+    if is_multi_label(config):
+        return "micro_f1"
+    return "pearson" if _is_regression(config) else "accuracy"
+
+
+def _classification_metrics(config, labels, outputs, *, threshold: float = 0.5) -> dict[str, float]:
+    """``labels``: ids [N], targets [N] (regression) or multi-hot [N, C] (multi-label, where a
+    label is predicted when its probability is above ``threshold``)."""
     from jaxtl import metrics
 
     logits = outputs["logits"]
+    if is_multi_label(config):
+        return metrics.multi_label_metrics(labels, label_probabilities(config, logits) > threshold)
     if _is_regression(config):
         return metrics.regression_metrics(labels, logits[:, 0])
     return metrics.classification_metrics(labels, logits.argmax(-1))
 
 
-def _classification_prediction(config, outputs) -> dict[str, Any]:
+def _classification_prediction(config, outputs, *, threshold: float = 0.5,
+                               separator: str = ",") -> dict[str, Any]:
     logits = np.asarray(outputs["logits"], np.float64)
     if _is_regression(config):
         return {"prediction": float(logits[0])}
+    if is_multi_label(config):  # the set above the threshold, joined as the training data was
+        probs = label_probabilities(config, logits)
+        chosen = [name for name, p in zip(config.labels, probs) if p > threshold]
+        row = {"predicted_labels": separator.join(chosen)}
+        row.update({f"prob_{name}": float(p) for name, p in zip(config.labels, probs)})
+        return row
     z = logits - logits.max()
     probs = np.exp(z) / np.exp(z).sum()
     row = {"predicted_label": config.labels[int(probs.argmax())]}
@@ -129,11 +167,12 @@ HEADS: dict[str | None, HeadSpec] = {
     ),
     "classification": HeadSpec(
         "classification", ("logits",),
-        "sequence classification (one label: regression), HF *ForSequenceClassification",
-        task=lambda config: steps.CLASSIFICATION,
+        "sequence classification (one label: regression; problem_type multi_label_classification: "
+        "a set of labels per text), HF *ForSequenceClassification",
+        task=_classification_task,
         metrics=_classification_metrics,
         format_prediction=_classification_prediction,
-        best_metric=lambda config: "pearson" if _is_regression(config) else "accuracy",
+        best_metric=_classification_best_metric,
         recipe="jaxtl.tasks.classification",
     ),
     "question_answering": _QUESTION_ANSWERING,

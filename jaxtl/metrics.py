@@ -97,6 +97,39 @@ def regression_metrics(targets, preds) -> dict[str, float]:
     }
 
 
+# ---------------------------------------------------------------------------- multi-label
+
+
+def multi_label_metrics(label_sets, predicted_sets) -> dict[str, float]:
+    """Micro- and macro-averaged F1, micro precision/recall and subset accuracy (exact match of
+    the whole label set) of multi-hot predictions, by scikit-learn.
+
+    Args:
+      label_sets: 0/1 [N, C] true labels (one column per label, in id order).
+      predicted_sets: 0/1 [N, C] predicted labels (probability above the threshold).
+
+    Macro-F1 averages over all C labels; a label neither present nor predicted scores 0
+    (``zero_division=0``, as for single-label macro-F1), like any other undefined F1.
+    """
+    y_true = np.asarray(label_sets).astype(np.int64)
+    y_pred = np.asarray(predicted_sets).astype(np.int64)
+    if y_true.ndim != 2 or y_true.size == 0:
+        raise ValueError(f"label_sets must be a non-empty [N, C] matrix, got shape {y_true.shape}")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"label_sets has shape {y_true.shape} but predicted_sets {y_pred.shape}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about labels never predicted
+        return {
+            "micro_f1": float(skm.f1_score(y_true, y_pred, average="micro", zero_division=0)),
+            "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+            "micro_precision": float(
+                skm.precision_score(y_true, y_pred, average="micro", zero_division=0)
+            ),
+            "micro_recall": float(skm.recall_score(y_true, y_pred, average="micro", zero_division=0)),
+            "subset_accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        }
+
+
 # ---------------------------------------------------------------------------- token classification
 
 # Tag schemes seqeval reads (strict mode): a tag is "<prefix>-<type>" or "O".

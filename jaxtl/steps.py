@@ -54,6 +54,21 @@ def classification_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, Met
     return loss_sum / jnp.maximum(count, 1.0), metrics
 
 
+def multi_label_classification_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
+    """Binary cross-entropy of ``logits [B, C]`` (one sigmoid per label) against multi-hot
+    ``batch["labels"] [B, C]`` (float 0/1), averaged over labels and real rows: HF's
+    ``BCEWithLogitsLoss`` for ``problem_type="multi_label_classification"``.
+
+    ``batch["example_weight"]``: ``[B]`` 1 for real rows, 0 for padding rows. Metric sums:
+    ``loss_sum`` (each row's mean over its C labels) over ``count`` rows.
+    """
+    weight_B = batch["example_weight"].astype(jnp.float32)
+    logits_BxC = logits.astype(jnp.float32)
+    bce_BxC = optax.sigmoid_binary_cross_entropy(logits_BxC, batch["labels"].astype(jnp.float32))
+    metrics = {"loss_sum": (bce_BxC.mean(-1) * weight_B).sum(), "count": weight_B.sum()}
+    return metrics["loss_sum"] / jnp.maximum(metrics["count"], 1.0), metrics
+
+
 def replaced_token_detection_loss(logits_BxL: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
     """ELECTRA's discriminator loss: sigmoid cross-entropy of ``logits [B, L]`` against
     ``batch["replaced_labels"] [B, L]`` (1 where the generator replaced the token, 0 where it
@@ -187,6 +202,10 @@ class Task:
 
 
 CLASSIFICATION = Task("classification", lambda outputs, batch: classification_loss(outputs["logits"], batch))
+MULTI_LABEL_CLASSIFICATION = Task(
+    "multi_label_classification",
+    lambda outputs, batch: multi_label_classification_loss(outputs["logits"], batch),
+)
 REPLACED_TOKEN_DETECTION = Task(
     "replaced_token_detection", lambda outputs, batch: replaced_token_detection_loss(outputs["logits"], batch)
 )

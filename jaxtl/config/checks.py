@@ -135,6 +135,15 @@ def _validate_finetune_data(d: FinetuneDataConfig) -> None:
             raise ConfigError(
                 f"data.{split}_fraction={_show(fraction)} is not used when data.{split}_file is set"
             )
+    if d.multi_label:
+        if d.regression:
+            raise ConfigError("data.multi_label: true and data.regression: true contradict each "
+                              "other: a set of labels per row, or one number")
+        if not d.label_separator:
+            raise ConfigError("data.label_separator='' must be a non-empty string (e.g. ',' or '|')")
+        _within("data.threshold", d.threshold, 0, 1, low_open=True)
+    else:
+        _unused_unless("data", d, ("label_separator", "threshold"), "with data.multi_label: true")
     if d.labels is not None:
         if d.regression:
             raise ConfigError("data.labels is not used with data.regression: true (one output)")

@@ -59,6 +59,13 @@ class FinetuneDataConfig:
     # `regression: true` make a one-output regression head.
     labels: list[str | int] | None = None
     regression: bool = False
+    # Multi-label classification (HF's problem_type "multi_label_classification"): each row holds
+    # a set of labels — a CSV/TSV cell of names joined by `label_separator` (an empty cell: none of
+    # them), or a JSON/JSONL list — learnt with one sigmoid per label (binary cross-entropy); a
+    # label is predicted when its probability is above `threshold` (metrics, `jaxtl predict`).
+    multi_label: bool = False
+    label_separator: str = ","
+    threshold: float = 0.5
     max_seq_length: int = 128  # longer inputs are truncated
     # Batches are padded only to the next of these lengths (a handful of shapes to compile).
     bucket_sizes: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256, 512])

@@ -96,7 +96,8 @@ class ClassificationBatcher(Batcher):
     is always one) that fits its longest row, so a jitted step compiles a handful of shapes.
 
     Batches hold int32 ``input_ids``, ``attention_mask``, ``token_type_ids`` [b, L]; ``labels``
-    [b] (int32, float32 for regression; only when the split has labels); ``example_weight`` [b]
+    [b] (int32, float32 for regression; float32 multi-hot [b, num_labels] for multi-label; only
+    when the split has labels); ``example_weight`` [b]
     float32; evaluation batches also ``index``. Evaluation goes shortest first (tight padding).
     """
 
@@ -184,8 +185,11 @@ class ClassificationBatcher(Batcher):
         input_ids = np.full((b, seq_len), split.pad_id, np.int32)
         attention_mask = np.zeros((b, seq_len), np.int32)
         token_type_ids = np.zeros((b, seq_len), np.int32)
-        regression = split.labels is not None and split.labels.dtype == np.float32
-        labels = np.zeros(b, np.float32 if regression else np.int32)
+        # int ids [b], or float targets [b] (regression) / multi-hot rows [b, num_labels]
+        label_shape, label_dtype = (b,), np.int32
+        if split.labels is not None:
+            label_shape, label_dtype = (b, *split.labels.shape[1:]), split.labels.dtype
+        labels = np.zeros(label_shape, label_dtype)
         weight = (rows_b >= 0).astype(np.float32)
         for i, row in enumerate(rows_b):
             if row < 0:

@@ -5,9 +5,10 @@
 
 Sources are tables (:mod:`jaxtl.data.tables`: local CSV/TSV/JSON/JSONL files, ``asset:`` names,
 or an HF ``datasets`` name or folder). Here their values are checked (non-empty texts; labels
-present, numeric for regression, known to the training data for validation/test), mapped to
-label ids and tokenized once to ``data.max_seq_length``; a :class:`Split` records that length and
-the tokenizer's pad id, so batching (:mod:`jaxtl.data.batching`) never asks for them again. Every
+present, numeric for regression, known to the training data for validation/test; a set of
+names per row for multi-label), mapped to label ids (multi-hot rows for multi-label) and
+tokenized once to ``data.max_seq_length``; a :class:`Split` records that length and the
+tokenizer's pad id, so batching (:mod:`jaxtl.data.batching`) never asks for them again. Every
 problem is a :class:`DataError` that names the file, line, column or value.
 """
 
@@ -37,7 +38,8 @@ class Split:
     source: str  # file path or dataset name, for messages
     input_ids: list[np.ndarray]  # int32 ids per example, truncated to max_seq_length
     token_type_ids: list[np.ndarray]  # int32, same lengths as input_ids
-    # int32 label ids [N] (float32 targets for regression); None without a label column (predict).
+    # int32 label ids [N] (float32 targets [N] for regression, float32 multi-hot [N, num_labels]
+    # for multi-label); None without a label column (predict).
     labels: np.ndarray | None
     texts: list[tuple[str, str | None]]  # (text, text_pair) per example, for prediction output
     max_seq_length: int  # no example is longer: the longest batch shape
@@ -54,6 +56,7 @@ class ClassificationData:
     test: Split | None
     labels: tuple[str, ...]  # label names in id order; regression: (label_column,)
     regression: bool
+    multi_label: bool = False
 
 
 # ---------------------------------------------------------------------------- rows and labels
@@ -61,7 +64,8 @@ class ClassificationData:
 
 @dataclasses.dataclass
 class _Rows:
-    """Checked texts and raw labels of one split (label names, or floats for regression)."""
+    """Checked texts and raw labels of one split (label names, floats for regression, or tuples
+    of names for multi-label)."""
 
     table: Table
     indices: list[int]  # rows of `table` in this split
@@ -107,6 +111,13 @@ def _read_labels(table: Table, cfg: FinetuneDataConfig, required: bool) -> list 
         return None
     values = table.column(column, "label_column")
     names = table.class_names.get(column)
+    if cfg.multi_label:
+        return [_label_set(table, i, column, value, names, cfg.label_separator)
+                for i, value in enumerate(values)]
+    for i, value in enumerate(values):
+        if isinstance(value, (list, tuple)):
+            raise DataError(f"{table.at(i)}: column {column!r} holds a list {value!r:.60}; set "
+                            "data.multi_label: true for several labels per row")
     if names is not None:  # HF ClassLabel ints; -1 marks a hidden label (GLUE test splits)
         if all(v == -1 for v in values):
             return None
@@ -130,6 +141,37 @@ def _read_labels(table: Table, cfg: FinetuneDataConfig, required: bool) -> list 
                 raise DataError(f"{table.at(i)}: column {column!r} is empty ({value!r})")
             out.append(key)
     return out
+
+
+def _label_set(table: Table, i: int, column: str, value: Any, class_names: list[str] | None,
+               separator: str) -> tuple[str, ...]:
+    """The label names of row ``i`` of a multi-label column, in their order, repeats dropped.
+
+    A CSV/TSV cell joins names with ``separator`` (spaces around each name are dropped; an empty
+    cell is the empty set); JSON holds a list (or one such string); an HF dataset a list of
+    ClassLabel ids. A missing value (JSON null, no key) is refused: "no labels" is ``[]``.
+    """
+    if value is None:
+        raise DataError(f"{table.at(i)}: column {column!r} is missing (null); write [] or an "
+                        "empty cell for a row with no labels")
+    if isinstance(value, str):
+        items = value.split(separator)
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    names = []
+    for item in items:
+        name = item
+        if class_names is not None and isinstance(item, int) and not isinstance(item, bool):
+            name = class_names[item] if 0 <= item < len(class_names) else None
+        key = None if isinstance(name, (list, tuple, dict)) else _label_key(name)
+        if key is None:
+            if isinstance(item, str):
+                continue  # "" between separators, or a blank cell
+            raise DataError(f"{table.at(i)}: column {column!r} holds {item!r}, not a label name")
+        names.append(key)
+    return tuple(dict.fromkeys(names))
 
 
 def _rows(table: Table, cfg: FinetuneDataConfig, labels_required: bool) -> _Rows:
@@ -171,7 +213,13 @@ def _label_names(
         return tuple(class_names)
     if train.labels is None:
         raise DataError(f"{train.table.source}: the training labels are hidden (all -1)")
-    names = _sort_label_names(set(train.labels))
+    found = {name for row in train.labels for name in row} if cfg.multi_label else set(train.labels)
+    names = _sort_label_names(found)
+    if len(names) < 2 and cfg.multi_label:
+        raise DataError(
+            f"{train.table.source}: column {cfg.label_column!r} holds {len(names)} distinct "
+            f"label(s) {list(names)}; multi-label classification needs at least 2"
+        )
     if len(names) < 2:
         raise DataError(
             f"{train.table.source}: column {cfg.label_column!r} has a single value {names[0]!r}; "
@@ -186,6 +234,17 @@ def _label_ids(rows: _Rows, names: tuple[str, ...], cfg: FinetuneDataConfig) -> 
     if cfg.regression:
         return np.asarray(rows.labels, np.float32)
     index = {name: i for i, name in enumerate(names)}
+    if cfg.multi_label:
+        multi_hot = np.zeros((len(rows.labels), len(names)), np.float32)
+        for i, row in enumerate(rows.labels):
+            for key in row:
+                if key not in index:
+                    raise DataError(
+                        f"{rows.table.at(rows.indices[i])}: label {key!r} in column "
+                        f"{cfg.label_column!r} is not one of the model's labels {list(names)}"
+                    )
+                multi_hot[i, index[key]] = 1.0
+        return multi_hot
     ids = np.empty(len(rows.labels), np.int32)
     for i, key in enumerate(rows.labels):
         if key not in index:
@@ -337,6 +396,7 @@ def load_classification_data(
         test=tokenized("test", test_rows, test_source),
         labels=names,
         regression=cfg.regression,
+        multi_label=cfg.multi_label,
     )
 
 

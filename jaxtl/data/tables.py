@@ -72,15 +72,16 @@ def read_table(name: str) -> Table:
 
 
 def hub_table(hub: HubDataset, split: str, what: str) -> Table:
-    """The table of one split of an HF dataset; ClassLabel columns keep their names."""
+    """The table of one split of an HF dataset; ClassLabel columns (and lists of ClassLabel ids,
+    as multi-label datasets such as go_emotions hold) keep their names."""
     import datasets
 
     ds = hub.split(split, what)
-    class_names = {
-        name: list(feature.names)
-        for name, feature in ds.features.items()
-        if isinstance(feature, datasets.ClassLabel)
-    }
+    class_names = {}
+    for name, feature in ds.features.items():
+        feature = getattr(feature, "feature", feature)  # List(ClassLabel) / Sequence(ClassLabel)
+        if isinstance(feature, datasets.ClassLabel):
+            class_names[name] = list(feature.names)
     columns = {name: list(ds[name]) for name in ds.column_names}
     return Table(f"{hub.name}[{split}]", columns, "row", list(range(1, len(ds) + 1)), class_names)
 

@@ -1,8 +1,9 @@
-"""Sequence classification and regression: the fine-tuning recipe, and the file-level predict
-and evaluate behind ``jaxtl predict`` / ``jaxtl evaluate``."""
+"""Sequence classification (single- or multi-label) and regression: the fine-tuning recipe, and
+the file-level predict and evaluate behind ``jaxtl predict`` / ``jaxtl evaluate``."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -15,7 +16,7 @@ from jaxtl.tasks import common
 from jaxtl.train import EvalSet, Setup
 
 
-def head_labels(folder: Path, base, head_trained: bool, regression: bool):
+def head_labels(folder: Path, base, head_trained: bool, regression: bool, multi_label: bool = False):
     """The label names a trained head fixes (None: the data's labels decide).
 
     A head trained on named labels keeps its ids: the data is mapped to them by name (never by
@@ -28,6 +29,11 @@ def head_labels(folder: Path, base, head_trained: bool, regression: bool):
         raise ConfigError(
             f"{folder} holds a {'regression' if len(base.labels) == 1 else 'classification'} head "
             f"but data.regression is {str(regression).lower()}"
+        )
+    if multi_label != heads.is_multi_label(base):
+        raise ConfigError(
+            f"{folder} holds a {'multi-label' if heads.is_multi_label(base) else 'single-label'} "
+            f"classification head but data.multi_label is {str(multi_label).lower()}"
         )
     return tuple(base.labels)
 
@@ -51,14 +57,14 @@ def setup(cfg: Config) -> Setup:
         head_trained = False
     data = cls_data.load_classification_data(
         d, tokenizer, max_positions=base.max_position_embeddings,
-        labels=head_labels(folder, base, head_trained, d.regression),
+        labels=head_labels(folder, base, head_trained, d.regression, d.multi_label),
     )
     if data.train is None or len(data.train) == 0:
         raise DataError("no training examples")
-    config = common.model_config(
-        cfg, base, labels=tuple(data.labels),
-        problem_type="regression" if data.regression else "single_label_classification",
-    )
+    problem_type = "regression" if data.regression else "single_label_classification"
+    if data.multi_label:
+        problem_type = heads.MULTI_LABEL
+    config = common.model_config(cfg, base, labels=tuple(data.labels), problem_type=problem_type)
     model = family.build(config, head)
     pretrained = hf.pretrained_weights(folder, model)
     accum = cfg.optim.grad_accum_steps
@@ -72,7 +78,8 @@ def setup(cfg: Config) -> Setup:
         def finish(outputs, index):
             keep = index >= 0
             return head_spec.metrics(config, split.labels[index[keep]],
-                                     {k: v[keep] for k, v in outputs.items()})
+                                     {k: v[keep] for k, v in outputs.items()},
+                                     threshold=d.threshold)
 
         batches = ClassificationBatcher(split, batch_size=eval_batch, **batching)
         return EvalSet(
@@ -93,11 +100,32 @@ def setup(cfg: Config) -> Setup:
         best_metric=head_spec.best_metric(config),
         flops_per_batch=common.flops_counter(config, head),
         meta=common.meta(family, head, config, tokenizer_folder,
-                   labels=list(config.labels), regression=data.regression),
+                   labels=list(config.labels), regression=data.regression,
+                   multi_label=data.multi_label),
     )
 
 
 # ---------------------------------------------------------------------------- inference on a file
+
+
+def inference_data_defaults(hf_config: dict) -> dict:
+    """``data`` keys a model folder's config.json implies when ``jaxtl predict`` / ``evaluate``
+    run without --config (so ``--set data.threshold=...`` is accepted for a multi-label model)."""
+    return {"multi_label": True} if hf_config.get("problem_type") == heads.MULTI_LABEL else {}
+
+
+def inference_data(data, model_config):
+    """The ``data`` section to read a file for ``model_config``'s head with: whether rows hold
+    label sets comes from the model (config.json's ``problem_type``), never from defaults."""
+    if heads.is_multi_label(model_config):
+        return dataclasses.replace(data, multi_label=True)
+    if data.multi_label:
+        raise ConfigError(
+            "data.multi_label is true but the model is a "
+            f"{'regression' if model_config.num_labels == 1 else 'single-label classification'} "
+            f"model (its config.json has problem_type={model_config.problem_type!r})"
+        )
+    return data
 
 
 def _logits(cfg, model, params, tokenizer, path, batch_size: int, require_labels: bool):
@@ -107,7 +135,8 @@ def _logits(cfg, model, params, tokenizer, path, batch_size: int, require_labels
 
     labels = model.config.labels
     split = cls_data.load_prediction_split(
-        path, cfg.data, tokenizer, max_positions=model.config.max_position_embeddings,
+        path, inference_data(cfg.data, model.config), tokenizer,
+        max_positions=model.config.max_position_embeddings,
         labels=None if model.config.num_labels == 1 else labels,
     )
     if require_labels and split.labels is None:
@@ -131,14 +160,17 @@ def _logits(cfg, model, params, tokenizer, path, batch_size: int, require_labels
 def evaluate_file(cfg, model, params, tokenizer, path, batch_size: int) -> dict:
     """The head's metrics on a labelled file (``jaxtl evaluate``)."""
     split, logits = _logits(cfg, model, params, tokenizer, path, batch_size, require_labels=True)
-    result = heads.get("classification").metrics(model.config, split.labels, {"logits": logits})
+    result = heads.get("classification").metrics(model.config, split.labels, {"logits": logits},
+                                                  threshold=cfg.data.threshold)
     result["examples"] = len(split)
     return result
 
 
 def predict_file(cfg, model, params, tokenizer, path, batch_size: int) -> list[dict]:
     """One output row per input row (``jaxtl predict``): every input column kept as it is (ids to
-    join on), then ``predicted_label`` and ``prob_<label>`` (regression: ``prediction``)."""
+    join on), then ``predicted_label`` and ``prob_<label>`` (regression: ``prediction``;
+    multi-label: ``predicted_labels``, the labels above ``data.threshold`` joined by
+    ``data.label_separator``, and ``prob_<label>``, each label's sigmoid)."""
     from jaxtl.data.tables import read_table
 
     split, logits = _logits(cfg, model, params, tokenizer, path, batch_size, require_labels=False)
@@ -147,6 +179,8 @@ def predict_file(cfg, model, params, tokenizer, path, batch_size: int) -> list[d
     rows = []
     for i in range(len(split)):
         row = {name: values[i] for name, values in table.columns.items()}
-        row.update(format_prediction(model.config, {"logits": logits[i]}))
+        row.update(format_prediction(model.config, {"logits": logits[i]},
+                                     threshold=cfg.data.threshold,
+                                     separator=cfg.data.label_separator))
         rows.append(row)
     return rows
