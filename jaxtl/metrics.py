@@ -242,3 +242,43 @@ def squad_metrics(golds: list[list[str]], predictions: list[str]) -> dict[str, f
                 out[f"{name}_exact"] = 100.0 * exact[keep].mean()
                 out[f"{name}_f1"] = 100.0 * f1[keep].mean()
     return out
+
+
+# ---------------------------------------------------------------------------- simple baselines
+# Floors to read a fine-tuned model's scores against, on the same split.
+
+
+def most_frequent_tag_baseline(train_words, train_tags, words) -> list[list[str]]:
+    """Tag each word of ``words`` (sentences of words) with its most frequent training tag; a
+    word never seen in training gets the most frequent tag overall. Ties go to the tag seen first.
+    """
+    from collections import Counter, defaultdict
+
+    per_word: dict[str, Counter] = defaultdict(Counter)
+    overall: Counter = Counter()
+    for sentence_words, sentence_tags in zip(train_words, train_tags):
+        for word, tag in zip(sentence_words, sentence_tags):
+            per_word[word][tag] += 1
+            overall[tag] += 1
+    if not overall:
+        raise ValueError("no training words to learn the most frequent tags from")
+    default = overall.most_common(1)[0][0]
+    best = {word: counts.most_common(1)[0][0] for word, counts in per_word.items()}
+    return [[best.get(word, default) for word in sentence] for sentence in words]
+
+
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+")
+
+
+def context_sentences(context: str) -> list[str]:
+    """``context`` cut after each ``.``/``!``/``?`` (and closing quotes) that whitespace follows."""
+    return [s.strip() for s in _SENTENCE_END.split(context) if s.strip()]
+
+
+def overlap_sentence_baseline(question: str, context: str) -> str:
+    """The sentence of ``context`` sharing the most distinct normalized words with ``question``
+    (SQuAD normalization: lowercase, no punctuation or articles); the first one on a tie."""
+    asked = set(normalize_answer(question).split())
+    sentences = context_sentences(context) or [context]
+    overlaps = [len(asked & set(normalize_answer(s).split())) for s in sentences]
+    return sentences[int(np.argmax(overlaps))]

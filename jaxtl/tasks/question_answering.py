@@ -9,11 +9,14 @@ question_answering``, and the file-level predict and evaluate behind ``jaxtl pre
 Evaluation turns the logits of every window into one answer per question
 (:func:`jaxtl.data.question_answering.postprocess`) and scores them with the official SQuAD
 EM / F1 (:func:`jaxtl.metrics.squad_metrics`); the best model is the one with the highest ``f1``.
+Each evaluation also reports ``baseline_exact`` / ``baseline_f1``: the scores of answering with
+the context sentence that shares the most words with the question.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import jax
@@ -24,6 +27,8 @@ from jaxtl.config import Config, QuestionAnsweringDataConfig
 from jaxtl.errors import DataError
 from jaxtl.tasks import common
 from jaxtl.train import EvalSet, Setup
+
+log = logging.getLogger(__name__)
 
 HEAD = "question_answering"
 # HF's *ForQuestionAnswering has num_labels = 2 outputs (start, end) per token.
@@ -99,6 +104,17 @@ def score(features, predictions) -> dict[str, float]:
     return metrics.squad_metrics(golds, [p.text for p in predictions])
 
 
+def baseline_metrics(features) -> dict[str, float]:
+    """SQuAD EM / F1 of answering each question with the context sentence that shares the most
+    words with it, as ``baseline_exact`` / ``baseline_f1``: the floor a model is read against."""
+    from jaxtl import metrics
+
+    golds = [[] if ex.is_impossible else [a.text for a in ex.answers] for ex in features.examples]
+    answers = [metrics.overlap_sentence_baseline(ex.question, ex.context) for ex in features.examples]
+    result = metrics.squad_metrics(golds, answers)
+    return {f"baseline_{name}": result[name] for name in ("exact", "f1")}
+
+
 def setup(cfg: Config) -> Setup:
     from jaxtl.data.question_answering import QABatcher
 
@@ -128,6 +144,9 @@ def setup(cfg: Config) -> Setup:
         _check_answers(validation_examples, d, validation_source)
         features = _features(validation_examples, tokenizer, d, validation_source, "validation")
         batches = QABatcher(features, batch_size=eval_batch, **batching)
+        baseline = baseline_metrics(features)
+        log.info("validation baseline (context sentence with the most question words): %s",
+                 ", ".join(f"{k}={v:.2f}" for k, v in baseline.items()))
 
         def finish(outputs, index):
             keep = index >= 0
@@ -135,7 +154,7 @@ def setup(cfg: Config) -> Setup:
             end = np.zeros_like(start)
             start[index[keep]] = outputs["start_logits"][keep]
             end[index[keep]] = outputs["end_logits"][keep]
-            return score(features, predictions_from_logits(d, features, start, end))
+            return {**score(features, predictions_from_logits(d, features, start, end)), **baseline}
 
         eval_sets.append(EvalSet(
             name="validation", batches=batches.eval_batches, num_batches=batches.num_eval_batches,

@@ -5,12 +5,15 @@ token_classification``), and the file-level predict and evaluate behind ``jaxtl 
 Evaluation is per word, on whole sentences: the windows of a long sentence are put back
 together, each word takes the tag predicted at its first piece, and entity precision/recall/F1
 (seqeval, ``data.tag_scheme``) and token accuracy are computed over the words. The best model is
-picked by ``entity_f1``, or ``token_accuracy`` for tag sets without ``B-``/``I-`` prefixes.
+picked by ``entity_f1``, or ``token_accuracy`` for tag sets without ``B-``/``I-`` prefixes. Each
+evaluation also reports ``baseline_*``: the same metrics for tagging every word with its most
+frequent training tag.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -21,6 +24,8 @@ from jaxtl.config import Config, TokenClassificationDataConfig
 from jaxtl.errors import CheckpointError, DataError
 from jaxtl.tasks import common
 from jaxtl.train import EvalSet, Setup
+
+log = logging.getLogger(__name__)
 
 HEAD = "token_classification"
 CONLL_SUFFIXES = (".conll", ".txt")  # predictions written as "word tag" lines
@@ -35,6 +40,15 @@ def sentence_metrics(split, predicted_ids: np.ndarray, labels, scheme: str) -> d
     result = metrics.token_classification_metrics(split.sentences.tags, predicted_tags, scheme)
     result["sentences"] = len(split.sentences)
     return result
+
+
+def baseline_metrics(train, split, scheme: str) -> dict[str, float]:
+    """The scores of tagging each word of ``split`` with its most frequent ``train`` tag, as
+    ``baseline_<metric>``: the floor a fine-tuned model is read against."""
+    predicted = metrics.most_frequent_tag_baseline(train.sentences.words, train.sentences.tags,
+                                                   split.sentences.words)
+    result = metrics.token_classification_metrics(split.sentences.tags, predicted, scheme)
+    return {f"baseline_{name}": value for name, value in result.items()}
 
 
 def _fallback(labels) -> int:
@@ -80,11 +94,15 @@ def setup(cfg: Config) -> Setup:
     train_batches = tok_data.TokenClassificationBatcher(data.train, batch_size=micro, **batching)
 
     def make_eval(split) -> EvalSet:
+        baseline = baseline_metrics(data.train, split, d.tag_scheme)
+        log.info("%s baseline (most frequent training tag per word): %s", split.name,
+                 ", ".join(f"{k}={v:.4f}" for k, v in baseline.items()))
+
         def finish(outputs, index):
             keep = index >= 0
             predicted = np.zeros((len(split), outputs["predicted_ids"].shape[1]), np.int64)
             predicted[index[keep]] = outputs["predicted_ids"][keep]
-            return sentence_metrics(split, predicted, config.labels, d.tag_scheme)
+            return {**sentence_metrics(split, predicted, config.labels, d.tag_scheme), **baseline}
 
         batches = tok_data.TokenClassificationBatcher(split, batch_size=eval_batch, **batching)
         return EvalSet(name=split.name, batches=batches.eval_batches,
