@@ -195,6 +195,19 @@ def _validate_pretrain_data(d: PretrainDataConfig) -> None:
         _unused_unless("data", d, hub_only, "with data.dataset")
     if not d.nsp:
         _unused_unless("data", d, ("short_seq_prob",), "with data.nsp: true")
+    if d.validation_files and d.validation_fraction != _default(PretrainDataConfig,
+                                                                 "validation_fraction"):
+        raise ConfigError(
+            f"data.validation_fraction={_show(d.validation_fraction)} is not used when "
+            "data.validation_files is set (set one of them)"
+        )
+    if d.prepared_dir is None:
+        _unused_unless("data", d, ("prepare_workers", "prepare_shard_mb", "streaming"),
+                       "with data.prepared_dir")
+    _positive("data.prepare_workers", d.prepare_workers)
+    _positive("data.prepare_shard_mb", d.prepare_shard_mb)
+    if d.streaming and d.dataset is None:
+        raise ConfigError("data.streaming is only used with data.dataset")
 
 
 def _validate_optim(o: OptimConfig) -> None:

@@ -76,6 +76,15 @@ class PretrainDataConfig:
     text_column: str = "text"
     validation_fraction: float = 0.02  # documents held out for evaluation, chosen with split_seed
     split_seed: int = 1234
+    # A dedicated held-out corpus (files/globs/assets, like train_files) instead of the fraction.
+    validation_files: list[str] = dataclasses.field(default_factory=list)
+    # Read data.dataset with HF `datasets` streaming (no full download; only with prepared_dir).
+    streaming: bool = False
+    # A folder of prepared (tokenized, sharded, memory-mapped) data: `jaxtl prepare` fills it, or
+    # `jaxtl pretrain` on first use; training then reads only the shards (jaxtl.data.prepared).
+    prepared_dir: str | None = None
+    prepare_workers: int | None = None  # processes tokenizing shards; None: one per CPU core
+    prepare_shard_mb: float = 64.0  # text per shard (a document never spans two shards)
     max_seq_length: int = 128
     nsp: bool = True  # next-sentence prediction pairs; false packs text for MLM only
     short_seq_prob: float = 0.1  # chance of a shorter target length, as in the original recipe

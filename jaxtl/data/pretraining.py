@@ -19,11 +19,10 @@ that every batch is a pure function of ``(seed, step)``:
     train, val = load_pretraining_data(cfg.data, tokenizer, model_vocab_size=model_cfg.vocab_size)
     batches = PretrainingBatcher(train, batch_size=256, seed=0)
 
-The seam for a corpus-scale token store (issue 13): instances are made from two offset arrays
-only (``sentence_offsets`` int64 [S+1], ``document_sentences`` int64 [D+1]) and batches gather
-token ids from one flat int32 array (``stream``: ``tokens``, or with NSP off the documents joined
-by [SEP]). A memory-mapped, sharded store has to provide just these arrays (``np.memmap``
-indexes the same way) instead of :class:`PretrainingData` holding them in memory.
+This path holds the whole corpus in memory and builds each epoch's instances at once: for a
+small corpus. For corpus scale, :mod:`jaxtl.data.prepared` (``data.prepared_dir``) tokenizes once
+into memory-mapped shards and makes instances lazily, batch by batch; both give the batcher the
+same interface (``train_rows`` / ``eval_rows``: instances plus the token array they index).
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ import numpy as np
 
 from jaxtl.config import PretrainDataConfig
 from jaxtl.data.masking import SpecialTokens, check_word_boundaries, num_predictions
-from jaxtl.data.text import read_documents
+from jaxtl.data.text import file_documents, read_documents
 from jaxtl.errors import DataError
 
 # The third seed word of the evaluation instances (jaxtl.data.masking uses 1 and 3 for masks).
@@ -253,6 +252,28 @@ class PretrainingData:
             self._cache.move_to_end(key)
             return self._cache[key]
 
+    def train_rows(self, seed: int, epoch: int, rows: np.ndarray) -> tuple[Instances, np.ndarray]:
+        """Instances ``rows`` of an epoch (wrapping around) and the token array they index."""
+        instances = self.epoch_instances(seed, epoch)
+        return instances.take(np.asarray(rows) % len(instances)), self.stream
+
+    def num_eval_instances(self) -> int:
+        return len(self.eval_instances())
+
+    def eval_rows(self, index: np.ndarray) -> tuple[Instances, np.ndarray]:
+        return self.eval_instances().take(index), self.stream
+
+    def eval_nsp_labels(self) -> np.ndarray:
+        """bool [N]: the evaluation instances' labels (True: B is a random next)."""
+        return self.eval_instances().is_random_next
+
+    @property
+    def most_frequent_token(self) -> int:
+        """The most frequent id of the corpus among those that can be masked."""
+        counts = np.bincount(self.tokens, minlength=self.special.vocab_size)
+        counts[list(self.special.never_mask)] = 0
+        return int(np.argmax(counts))
+
     def eval_instances(self) -> Instances:
         """The evaluation instances: fixed by ``data.split_seed``, whatever the training seed."""
         with self._lock:
@@ -303,11 +324,21 @@ def _as_documents(
     return documents
 
 
+def _tokenized_documents(tokenizer, texts: list[list[str]], cfg: PretrainDataConfig) -> list:
+    sentences = [s for doc in texts for s in doc]
+    if not sentences:
+        return []
+    tokens, lengths = _tokenize(tokenizer, sentences)
+    max_piece = cfg.max_seq_length - 3 if cfg.nsp else None
+    return _as_documents(tokens, lengths, [len(d) for d in texts], max_piece)
+
+
 def load_pretraining_data(
     cfg: PretrainDataConfig, tokenizer, *, model_vocab_size: int
 ) -> tuple[PretrainingData, PretrainingData | None]:
     """Reads, tokenizes and splits the corpus: (train, validation or None when the fraction is 0).
 
+    The documents of ``cfg.validation_files`` are the validation set when it is given; otherwise
     ``cfg.validation_fraction`` of the documents (at least one) are held out, chosen with
     ``cfg.split_seed``. Raises DataError when the tokenizer does not fit the model's vocabulary or
     lacks a special token BERT needs, and for the input problems of :func:`read_documents`.
@@ -320,12 +351,16 @@ def load_pretraining_data(
             "or a model with vocab_size >= the tokenizer's"
         )
     texts = read_documents(cfg)
-    sentences = [s for doc in texts for s in doc]
-    tokens, lengths = _tokenize(tokenizer, sentences)
-    max_piece = cfg.max_seq_length - 3 if cfg.nsp else None
-    documents = _as_documents(tokens, lengths, [len(d) for d in texts], max_piece)
+    documents = _tokenized_documents(tokenizer, texts, cfg)
     if not documents:
         raise DataError("the corpus tokenizes to no tokens at all")
+    if cfg.validation_files:
+        source, held_out_texts = file_documents(list(cfg.validation_files), "data.validation_files")
+        eval_docs = _tokenized_documents(tokenizer, held_out_texts, cfg)
+        if not eval_docs or (cfg.nsp and sum(len(d) for d in eval_docs) < 2):
+            raise DataError(f"{source}: too little text to evaluate on (no tokens"
+                            f"{', or one sentence: next-sentence prediction needs two' if cfg.nsp else ''})")
+        return PretrainingData(documents, special, cfg), PretrainingData(eval_docs, special, cfg)
 
     num_eval = 0
     if cfg.validation_fraction > 0:
@@ -349,15 +384,13 @@ def load_pretraining_data(
     return train, (PretrainingData(eval_docs, special, cfg) if num_eval else None)
 
 
-def unigram_baseline_accuracy(train: PretrainingData, eval_batches: Iterable[dict]) -> float:
+def unigram_baseline_accuracy(train, eval_batches: Iterable[dict]) -> float:
     """Masked-LM accuracy of always predicting the training corpus's most frequent token.
 
     Counted at exactly the positions ``eval_batches`` (a batcher's ``eval_batches()``) masks: the
     floor a pretrained model's masked-LM accuracy should clear.
     """
-    counts = np.bincount(train.tokens, minlength=train.special.vocab_size)
-    counts[list(train.special.never_mask)] = 0
-    most_frequent = int(np.argmax(counts))
+    most_frequent = train.most_frequent_token
     hits = total = 0.0
     for batch in eval_batches:
         weights = batch["masked_weights"] * batch["example_weight"][:, None]
@@ -366,8 +399,9 @@ def unigram_baseline_accuracy(train: PretrainingData, eval_batches: Iterable[dic
     return hits / total if total else 0.0
 
 
-def nsp_baseline_accuracy(eval: PretrainingData) -> float:
-    """Next-sentence accuracy of always predicting the more frequent label of ``eval``'s pairs."""
-    is_random_next = eval.eval_instances().is_random_next
+def nsp_baseline_accuracy(eval) -> float:
+    """Next-sentence accuracy of always predicting the more frequent label of ``eval``'s pairs
+    (:class:`PretrainingData` or :class:`jaxtl.data.prepared.PreparedCorpus`)."""
+    is_random_next = eval.eval_nsp_labels()
     share = float(is_random_next.mean()) if len(is_random_next) else 0.0
     return max(share, 1.0 - share)

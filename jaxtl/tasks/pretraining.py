@@ -57,7 +57,15 @@ def setup(cfg: Config) -> Setup:
     head = "pretraining"
     model = family.build(config, head)
     pretrained = hf.pretrained_weights(folder, model) if folder is not None else None
-    train_data, validation = pt_data.load_pretraining_data(d, tokenizer, model_vocab_size=config.vocab_size)
+    if d.prepared_dir is not None:  # memory-mapped shards, prepared once (on first use here)
+        from jaxtl.data import prepared
+
+        train_data, validation = prepared.open_prepared(
+            d, tokenizer, tokenizer_folder, str(m.tokenizer or m.pretrained),
+            model_vocab_size=config.vocab_size, may_prepare=jax.process_count() == 1)
+    else:
+        train_data, validation = pt_data.load_pretraining_data(
+            d, tokenizer, model_vocab_size=config.vocab_size)
     accum = cfg.optim.grad_accum_steps
     micro = t.batch_size // accum
     eval_batch = t.eval_batch_size or 2 * t.batch_size
