@@ -36,6 +36,26 @@ REPO = Path(__file__).resolve().parents[1]
 L = 32
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache for this module: the stopped run and its resumption compile
+    the programs of the uninterrupted run again (as in test_pretrain_e2e.py)."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {name: getattr(jax.config, name) for name in names}
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    cc.set_cache_dir(str(tmp_path_factory.mktemp("jax-cache")))
+    cc.reset_cache()
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    cc.reset_cache()
+
+
 def corpus_text(seed: int, num_docs: int = 30) -> str:
     rng = np.random.default_rng(seed)
     docs = []
@@ -339,8 +359,9 @@ def test_pretrain_on_prepared_data_lowers_the_loss_and_resumes_exactly(assets, t
     assert losses[-1] < losses[0] - 0.3, losses
 
     resumed = tmp_path / "resumed"
-    with pytest.raises(train.Stopped):
+    with pytest.raises(train.Stopped) as stopped:
         run_with_signal(cfg, resumed, at_step=12)
+    assert stopped.value.step == 13
     run_with_signal(cfg, resumed, at_step=None)
     assert_same_final_weights(straight, resumed)  # the same batches, bit for bit, after the stop
     assert_same_metrics(straight, resumed)
