@@ -7,7 +7,7 @@ offline machine, so 10x and 100x are the 1x preparation's shards repeated (hard 
 disk are shared, which does not change what start-up reads), with metadata listing every copy.
 
     python bench/bench_prepare.py                 # ~2-5 minutes on 2 cores
-    python bench/bench_prepare.py --workers 2 --scales 1 10 100 --skip-in-memory
+    python bench/bench_prepare.py --workers 2 --scales 1 --skip-in-memory --out /tmp/p2.json
 
 Each start-up is measured in a fresh process (``time`` and ``ru_maxrss`` to the first batch, and
 RSS after the imports alone, to separate the libraries' share); the in-memory path
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--loader-batches", type=int, default=50)
     parser.add_argument("--skip-in-memory", action="store_true")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "prepare.json"))
     parser.add_argument("--startup", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,7 +161,7 @@ def main() -> None:
             found = _measure_startup(None, args.shard_mb, 0)
             results["startup"]["in_memory_x1"] = found
             print(f"in memory x1: {found}", flush=True)
-    out = REPO / "bench" / "results" / "prepare.json"
+    out = Path(args.out)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")

@@ -365,3 +365,50 @@ def test_pretrain_on_prepared_data_lowers_the_loss_and_resumes_exactly(assets, t
     run_with_signal(cfg, resumed, at_step=None)
     assert_same_final_weights(straight, resumed)  # the same batches, bit for bit, after the stop
     assert_same_metrics(straight, resumed)
+
+
+# ------------------------------------------------------------------------------ sentence order
+
+
+@pytest.mark.parametrize("path", ["in_memory", "prepared"])
+def test_sentence_order_pairs_are_continuations_swapped_half_the_time(tmp_path, path):
+    """ALBERT's SOP: B always follows A in one document; swapped (sop_labels 1) about half the
+    time. Every word of the corpus is unique ("w17"), so a token id tells where it came from."""
+    from test_data_pretraining import make_tokenizer as unique_tokenizer, unique_corpus
+
+    tokenizer = unique_tokenizer()
+    tokenizer.save_pretrained(str(tmp_path / "tok"))
+    text, docs = unique_corpus(num_docs=30)
+    (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
+    cfg = PretrainDataConfig(train_files=[str(tmp_path / "corpus.txt")], nsp=False, sop=True,
+                             max_seq_length=48, validation_fraction=0.0)
+    if path == "prepared":
+        cfg = dataclasses.replace(cfg, prepared_dir=str(tmp_path / "prep"), prepare_workers=1,
+                                  prepare_shard_mb=0.002)
+        data, _ = prepared.open_prepared(cfg, tokenizer, tmp_path / "tok", "tok",
+                                         model_vocab_size=10000)
+    else:
+        data, _ = pt.load_pretraining_data(cfg, tokenizer, model_vocab_size=10000)
+    doc_of = {f"w{w}": d for d, doc in enumerate(docs) for s in doc for w in
+              (int(x[1:]) for x in s)}
+    vocab = tokenizer.convert_ids_to_tokens
+    batcher = PretrainingBatcher(data, batch_size=8, seed=0)
+    labels = []
+    for step in range(batcher.steps_per_epoch):
+        batch = batcher.train_batch(step)
+        assert "sop_labels" in batch and "nsp_labels" not in batch
+        ids = batch["input_ids"].copy()
+        for row in range(len(ids)):  # the masked positions' words put back
+            valid = batch["masked_weights"][row] > 0
+            ids[row, batch["masked_positions"][row][valid]] = batch["masked_labels"][row][valid]
+        for row, label in enumerate(batch["sop_labels"].tolist()):
+            used = batch["attention_mask"][row] == 1
+            words = np.array(vocab(ids[row].tolist()))
+            a = words[used & (batch["token_type_ids"][row] == 0)][1:-1]
+            b = words[used & (batch["token_type_ids"][row] == 1)][:-1]
+            assert len(a) and len(b)
+            a_num, b_num = [int(w[1:]) for w in a], [int(w[1:]) for w in b]
+            assert {doc_of[w] for w in [*a, *b]} == {doc_of[a[0]]}  # one document
+            assert (max(a_num) < min(b_num)) if label == 0 else (min(a_num) > max(b_num))
+            labels.append(label)
+    assert 0.3 < np.mean(labels) < 0.7

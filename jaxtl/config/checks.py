@@ -193,8 +193,11 @@ def _validate_pretrain_data(d: PretrainDataConfig) -> None:
     if d.dataset is None:
         hub_only = ("dataset_config", "train_split", "text_column")
         _unused_unless("data", d, hub_only, "with data.dataset")
-    if not d.nsp:
-        _unused_unless("data", d, ("short_seq_prob",), "with data.nsp: true")
+    if d.nsp and d.sop:
+        raise ConfigError("data.sop: true needs data.nsp: false (a pair is either a "
+                          "next-sentence or a sentence-order pair)")
+    if not d.pairs:
+        _unused_unless("data", d, ("short_seq_prob",), "with data.nsp: true or data.sop: true")
     if d.validation_files and d.validation_fraction != _default(PretrainDataConfig,
                                                                  "validation_fraction"):
         raise ConfigError(

@@ -226,7 +226,8 @@ class PretrainingBatcher(Batcher):
 
     Batches hold int32 ``input_ids``, ``attention_mask``, ``token_type_ids`` [b, L];
     ``masked_positions``, ``masked_labels`` int32 and ``masked_weights`` float32 [b, P];
-    ``nsp_labels`` int32 [b] (1: B is a random next); ``example_weight`` float32 [b];
+    ``nsp_labels`` int32 [b] (1: B is a random next; with ``data.sop`` ``sop_labels``, 1: A and
+    B swapped); ``example_weight`` float32 [b];
     evaluation batches also ``index``. The data gives this process's rows as instances plus the
     token array their offsets index (``data.train_rows`` / ``data.eval_rows``).
     """
@@ -314,5 +315,6 @@ class PretrainingBatcher(Batcher):
             "masked_positions": positions,
             "masked_labels": labels,
             "masked_weights": weights,
-            "nsp_labels": instances.is_random_next.astype(np.int32),
+            # SOP: 1 when A and B are swapped (AlbertForPreTraining's sentence_order_label).
+            "sop_labels" if data.cfg.sop else "nsp_labels": instances.is_random_next.astype(np.int32),
         }

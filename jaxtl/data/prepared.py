@@ -42,7 +42,8 @@ computed alone); instance ``i`` is made from chunk ``perm(i)`` with the generato
 ``default_rng([seed, e, chunk, 4])``: a shorter target with ``short_seq_prob`` (the chunk's
 leading sentences up to it), A = its first sentences, B = the rest (label 0) or, with
 probability 1/2, sentences from a random other document anywhere in the corpus (label 1), then the
-original truncation. Without NSP, instance ``perm(i)`` is the ``i``-th block of ``max_seq_length -
+original truncation. With ``data.sop`` (ALBERT), B is always the rest (a one-sentence chunk's
+second half) and the pair is swapped with probability 1/2 (``sop_labels`` 1). Without NSP, instance ``perm(i)`` is the ``i``-th block of ``max_seq_length -
 2`` tokens of a shard (a shard's last block may be short). Masking is unchanged
 (:mod:`jaxtl.data.masking`, stream ``[seed, step, 1]`` row by global row), so a batch is a pure
 function of ``(seed, step)``, and a process reads only the chunks of its own rows.
@@ -629,7 +630,7 @@ class PreparedCorpus:
     @property
     def num_units(self) -> int:
         """Instances per epoch: NSP chunks, or packed blocks."""
-        return self.store.num_chunks if self.cfg.nsp else int(self._block_starts[-1])
+        return self.store.num_chunks if self.cfg.pairs else int(self._block_starts[-1])
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return max(1, self.num_units // batch_size)
@@ -660,7 +661,7 @@ class PreparedCorpus:
         pieces, fields = [], []
         offset = 0
         for unit in units.tolist():
-            if self.cfg.nsp:
+            if self.cfg.pairs:
                 a, b, random_next = self._nsp_instance(unit, np.random.default_rng(seed_of(unit)))
             else:
                 a, b, random_next = self._block(unit), None, False
@@ -711,7 +712,12 @@ class PreparedCorpus:
         n = end - first
         a_end = first + 1 + (int(rng.random() * (n - 1)) if n >= 2 else 0)
         a = tokens[offsets[first] : offsets[a_end]]
-        if n == 1 or rng.random() < 0.5:
+        if cfg.sop:  # B is A's continuation (a one-sentence chunk: its second half)
+            b = tokens[offsets[a_end] : offsets[end]]
+            if n == 1:
+                a, b = a[: (len(a) + 1) // 2], a[(len(a) + 1) // 2 :]
+            random_next = rng.random() < 0.5  # here: the two are swapped
+        elif n == 1 or rng.random() < 0.5:
             b = self._random_next(shard, first, target - len(a), rng)
             random_next = True
         else:
@@ -724,6 +730,8 @@ class PreparedCorpus:
         if cut_b:
             front = int(rng.binomial(cut_b, 0.5))
             b = b[front : len(b) - (cut_b - front)]
+        if cfg.sop and random_next:
+            a, b = b, a
         return a, b, random_next
 
     def _random_next(self, shard: int, sentence: int, target: int, rng) -> np.ndarray:
@@ -760,7 +768,7 @@ def open_prepared(
             f"{model_vocab_size}: use the tokenizer the model was trained with (model.tokenizer) "
             "or a model with vocab_size >= the tokenizer's"
         )
-    minimum = 5 if cfg.nsp else 3
+    minimum = 5 if cfg.pairs else 3
     if cfg.max_seq_length < minimum:
         raise DataError(f"data.max_seq_length={cfg.max_seq_length} is too short: needs at least "
                         f"{minimum}")
@@ -783,7 +791,7 @@ def open_prepared(
         )
     counts = np.asarray(meta["token_counts"], dtype=np.int64)
     train = PreparedCorpus(_Store(folder, meta["stores"]["train"]), special, cfg, counts)
-    if cfg.nsp and meta["totals"]["train"]["sentences"] < 2:
+    if cfg.pairs and meta["totals"]["train"]["sentences"] < 2:
         raise DataError(
             f"{_what_train(cfg)}: the whole corpus is one sentence, so next-sentence prediction "
             "is impossible; add text, or set data.nsp=false for masked-LM only"

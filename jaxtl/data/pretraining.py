@@ -86,7 +86,9 @@ def _truncation(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
 def _nsp_instances(
     sent_offsets: np.ndarray, doc_sentences: np.ndarray, cfg: PretrainDataConfig, rng
 ) -> Instances:
-    """One pass of create_pretraining_data.py's ``create_instances_from_document`` over all docs."""
+    """One pass of create_pretraining_data.py's ``create_instances_from_document`` over all docs
+    (with ``cfg.sop``, ALBERT's: B the true continuation, the pair swapped with probability 1/2;
+    ``is_random_next`` then means swapped)."""
     offsets = sent_offsets.tolist()  # python ints: this loop is scalar code
     doc_first = doc_sentences.tolist()
     num_docs = len(doc_first) - 1
@@ -107,7 +109,14 @@ def _nsp_instances(
                 if num_in_chunk >= 2:
                     a_end += int(random() * (num_in_chunk - 1))
                 sa, la = offsets[chunk_first], offsets[a_end] - offsets[chunk_first]
-                if num_in_chunk == 1 or random() < 0.5:
+                if cfg.sop:  # B is A's continuation (a one-sentence chunk: its second half)
+                    if num_in_chunk == 1:
+                        la = (la + 1) // 2
+                        sb, lb = sa + la, offsets[a_end] - sa - la
+                    else:
+                        sb, lb = offsets[a_end], offsets[i + 1] - offsets[a_end]
+                    random_next = random() < 0.5  # here: the two are swapped
+                elif num_in_chunk == 1 or random() < 0.5:
                     target_b = target - la
                     if num_docs > 1:
                         other = int(random() * (num_docs - 1))
@@ -140,6 +149,8 @@ def _nsp_instances(
                 if cut_b:
                     sb += int(rng.binomial(cut_b, 0.5))
                     lb -= cut_b
+                if cfg.sop and random_next:
+                    sa, la, sb, lb = sb, lb, sa, la
                 rows.append((sa, la, sb, lb, random_next))
                 chunk_first, length = i + 1, 0
             i += 1
@@ -169,11 +180,11 @@ class PretrainingData:
 
     def __post_init__(self):
         cfg = self.cfg
-        minimum = 5 if cfg.nsp else 3
+        minimum = 5 if cfg.pairs else 3
         if cfg.max_seq_length < minimum:
             raise DataError(
                 f"data.max_seq_length={cfg.max_seq_length} is too short: "
-                f"{'[CLS] A [SEP] B [SEP]' if cfg.nsp else '[CLS] tokens [SEP]'} needs at least "
+                f"{'[CLS] A [SEP] B [SEP]' if cfg.pairs else '[CLS] tokens [SEP]'} needs at least "
                 f"{minimum}"
             )
         documents = []
@@ -186,7 +197,7 @@ class PretrainingData:
             raise DataError("the corpus has no tokens (every document is empty)")
         check_word_boundaries(self.special, cfg)
         sentences = [s for doc in documents for s in doc]
-        if cfg.nsp and len(sentences) < 2:
+        if cfg.pairs and len(sentences) < 2:
             raise DataError(
                 "the corpus is one sentence, so next-sentence prediction is impossible; "
                 "add text or set data.nsp=false"
@@ -204,7 +215,7 @@ class PretrainingData:
         # Sentences become views of the one array (the caller's arrays can be freed).
         pieces = iter(np.split(self.tokens, self.sentence_offsets[1:-1]))
         self.documents = [[next(pieces) for _ in doc] for doc in documents]
-        if cfg.nsp:
+        if cfg.pairs:
             self.stream = self.tokens
         else:  # the stream of documents joined by [SEP]
             doc_ends = self.sentence_offsets[self.document_sentences[1:-1]]
@@ -235,7 +246,7 @@ class PretrainingData:
         return max(1, self._nominal_instances // batch_size)
 
     def _create_instances(self, rng: np.random.Generator) -> Instances:
-        if self.cfg.nsp:
+        if self.cfg.pairs:
             return _nsp_instances(self.sentence_offsets, self.document_sentences, self.cfg, rng)
         return _packed_instances(len(self.stream), self.cfg)
 
@@ -329,7 +340,7 @@ def _tokenized_documents(tokenizer, texts: list[list[str]], cfg: PretrainDataCon
     if not sentences:
         return []
     tokens, lengths = _tokenize(tokenizer, sentences)
-    max_piece = cfg.max_seq_length - 3 if cfg.nsp else None
+    max_piece = cfg.max_seq_length - 3 if cfg.pairs else None
     return _as_documents(tokens, lengths, [len(d) for d in texts], max_piece)
 
 
@@ -357,7 +368,7 @@ def load_pretraining_data(
     if cfg.validation_files:
         source, held_out_texts = file_documents(list(cfg.validation_files), "data.validation_files")
         eval_docs = _tokenized_documents(tokenizer, held_out_texts, cfg)
-        if not eval_docs or (cfg.nsp and sum(len(d) for d in eval_docs) < 2):
+        if not eval_docs or (cfg.pairs and sum(len(d) for d in eval_docs) < 2):
             raise DataError(f"{source}: too little text to evaluate on (no tokens"
                             f"{', or one sentence: next-sentence prediction needs two' if cfg.nsp else ''})")
         return PretrainingData(documents, special, cfg), PretrainingData(eval_docs, special, cfg)
@@ -375,7 +386,7 @@ def load_pretraining_data(
     held_out = set(order[:num_eval].tolist())
     train_docs = [d for i, d in enumerate(documents) if i not in held_out]
     eval_docs = [d for i, d in enumerate(documents) if i in held_out]
-    if cfg.nsp and num_eval and sum(len(d) for d in eval_docs) < 2:
+    if cfg.pairs and num_eval and sum(len(d) for d in eval_docs) < 2:
         raise DataError(
             f"data.validation_fraction={cfg.validation_fraction} holds out {num_eval} document(s) "
             "with a single sentence: too little for next-sentence prediction; raise the fraction"

@@ -71,7 +71,7 @@ def read_documents(cfg: PretrainDataConfig) -> list[list[str]]:
         raise DataError("set data.train_files (text files) or data.dataset")
     if not documents:
         raise DataError(f"{source}: no text (the corpus is empty)")
-    if cfg.nsp and sum(len(d) for d in documents) < 2:
+    if cfg.pairs and sum(len(d) for d in documents) < 2:
         raise DataError(
             f"{source}: the whole corpus is one sentence, so next-sentence prediction is "
             "impossible; add text, or set data.nsp=false for masked-LM only"
