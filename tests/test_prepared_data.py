@@ -25,7 +25,7 @@ from helpers import (
     run_with_signal,
 )
 
-from jaxtl import config as config_lib, train
+from jaxtl import cli, config as config_lib, train
 from jaxtl.config import PretrainDataConfig
 from jaxtl.data import prepared
 from jaxtl.data import pretraining as pt
@@ -320,15 +320,14 @@ def run_cli(*argv):
                           text=True, env=env, cwd=REPO, timeout=300)
 
 
-def test_stale_prepared_data_is_refused_naming_what_changed(assets, tmp_path):
+def test_stale_prepared_data_is_refused_naming_what_changed(assets, tmp_path, caplog):
     corpus = tmp_path / "one.txt"
     corpus.write_text(corpus_text(11), encoding="utf-8")
     folder = tmp_path / "prep"
     config = write_config(tmp_path / "c.yaml", assets, folder,
                           data={"train_files": [str(corpus)]})
-    done = run_cli("prepare", "--config", config)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["train"]["documents"] == 30
+    cfg = config_lib.load(config)
+    assert prepared.prepare(cfg.data, assets["tok_dir"], "tok")["totals"]["train"]["documents"] == 30
 
     other_tok = tmp_path / "cased"
     make_tokenizer(other_tok, lowercase=False)
@@ -343,14 +342,23 @@ def test_stale_prepared_data_is_refused_naming_what_changed(assets, tmp_path):
     assert result.returncode == 2, result.stderr
     assert f"source {corpus.resolve()} changed" in result.stderr, result.stderr
     assert "jaxtl prepare" in result.stderr and "Traceback" not in result.stderr
-    # `jaxtl prepare` rebuilds the folder from the new text.
-    done = run_cli("prepare", "--config", config)
-    assert done.returncode == 0 and "rebuilding" in done.stderr, done.stderr
+    assert result.stderr.count("jaxtl: error:") == 1
+    # `jaxtl prepare` (the same function) rebuilds the folder from the new text.
+    meta = prepared.prepare(cfg.data, assets["tok_dir"], "tok")
+    assert "rebuilding the prepared data: source" in caplog.text
+    assert meta["train_sources"][0]["size"] == corpus.stat().st_size
+
+
+def test_prepare_command_prints_the_totals(assets, tmp_path):
+    config = write_config(tmp_path / "c.yaml", assets, tmp_path / "prep")
+    assert cli.main(["prepare", "--config", config]) == 0
+    assert cli.main(["prepare", "--config", config, "--set", "data.prepared_dir=null"]) == 2
 
 
 def test_pretrain_on_prepared_data_lowers_the_loss_and_resumes_exactly(assets, tmp_path):
     folder = tmp_path / "prep"  # prepared on first use by the run itself
-    config = write_config(tmp_path / "c.yaml", assets, folder, train={"save_every": 10})
+    config = write_config(tmp_path / "c.yaml", assets, folder,
+                          train={"max_steps": 20, "save_every": 10})
     cfg = config_lib.load(config)
     straight = tmp_path / "straight"
     run_with_signal(cfg, straight, at_step=None)
@@ -360,8 +368,8 @@ def test_pretrain_on_prepared_data_lowers_the_loss_and_resumes_exactly(assets, t
 
     resumed = tmp_path / "resumed"
     with pytest.raises(train.Stopped) as stopped:
-        run_with_signal(cfg, resumed, at_step=12)
-    assert stopped.value.step == 13
+        run_with_signal(cfg, resumed, at_step=7)
+    assert stopped.value.step == 8
     run_with_signal(cfg, resumed, at_step=None)
     assert_same_final_weights(straight, resumed)  # the same batches, bit for bit, after the stop
     assert_same_metrics(straight, resumed)
