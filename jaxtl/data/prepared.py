@@ -61,6 +61,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -144,7 +145,7 @@ def _shard_bytes(cfg: PretrainDataConfig) -> int:
     return max(1, int(cfg.prepare_shard_mb * 1e6))
 
 
-def _describe_change(old: dict, new: dict, prepared_dir: str) -> str | None:
+def _describe_change(old: dict, new: dict) -> str | None:
     """One line naming what differs between two plans (None: the same)."""
     if old.get("format_version") != new["format_version"]:
         return f"it has format version {old.get('format_version')}, this jaxtl reads {FORMAT_VERSION}"
@@ -278,14 +279,16 @@ def _dataset_tasks(cfg: PretrainDataConfig, shard_bytes: int, holdout: float) ->
 _worker_state: dict = {}
 
 
-def _init_worker(tokenizer_folder: str, max_seq_length: int, prepared_dir: str) -> None:
+def _init_worker(tokenizer_folder: str, max_seq_length: int, prepared_dir: str,
+                 split_seed: int) -> None:
+    """Per worker process: the tokenizer (loaded once) and what every shard needs."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from transformers import AutoTokenizer  # not jaxtl.hf: a worker need not import JAX
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     _worker_state.update(tokenizer=tokenizer, max_seq_length=max_seq_length,
-                         prepared_dir=Path(prepared_dir),
+                         prepared_dir=Path(prepared_dir), split_seed=split_seed,
                          dtype=np.uint16 if len(tokenizer) <= 65535 else np.uint32)
 
 
@@ -379,7 +382,7 @@ def _prepare_shard(task: _Task) -> None:
     documents = _tokenize_documents(_task_documents(task))
     held_out = []
     if task.holdout > 0:
-        rng = np.random.default_rng([_worker_state["split_seed"], task.index])
+        rng = np.random.default_rng([state["split_seed"], task.index])
         chosen = rng.random(len(documents)) < task.holdout
         held_out = [d for d, c in zip(documents, chosen) if c]
         documents = [d for d, c in zip(documents, chosen) if not c]
@@ -388,11 +391,6 @@ def _prepare_shard(task: _Task) -> None:
     # The train shard last: its presence marks the task done.
     _write_shard(state["prepared_dir"] / _shard_name(task.store, task.index),
                  _shard_arrays(documents, state["max_seq_length"], state["dtype"]))
-
-
-def _run_task(task: _Task) -> int:
-    _prepare_shard(task)
-    return task.index
 
 
 # ------------------------------------------------------------------------------ preparing
@@ -412,7 +410,7 @@ def prepare(cfg: PretrainDataConfig, tokenizer_folder: Path, tokenizer_name: str
     plan_file, meta_file = folder / "plan.json", folder / "metadata.json"
     if plan_file.exists():
         old = json.loads(plan_file.read_text())
-        change = _describe_change(old, plan, str(folder))
+        change = _describe_change(old, plan)
         if change is not None:
             log.warning("%s: rebuilding the prepared data: %s", folder, change)
             for path in [meta_file, plan_file, *folder.glob("*/shard-*.arrow*")]:
@@ -437,41 +435,29 @@ def prepare(cfg: PretrainDataConfig, tokenizer_folder: Path, tokenizer_name: str
     counts = {"train": 0, "validation": 0}
 
     def pending():
-        for task in _chain(train_tasks, validation_tasks):
+        for task in itertools.chain(train_tasks, validation_tasks):
             counts[task.store] = max(counts[task.store], task.index + 1)
             if not (folder / _shard_name(task.store, task.index)).exists():
                 yield task
 
     workers = cfg.prepare_workers or os.cpu_count() or 1
-    init_args = (str(tokenizer_folder), cfg.max_seq_length, str(folder))
+    init_args = (str(tokenizer_folder), cfg.max_seq_length, str(folder), cfg.split_seed)
     done = 0
     if workers == 1:
         _init_worker(*init_args)
-        _worker_state["split_seed"] = cfg.split_seed
         for task in pending():
             _prepare_shard(task)
             done += 1
     else:
         context = multiprocessing.get_context("spawn")  # no fork of a process that may hold JAX
-        with context.Pool(workers, initializer=_init_pool, initargs=(*init_args, cfg.split_seed)) as pool:
-            for _ in pool.imap(_run_task, pending()):
+        with context.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+            for _ in pool.imap(_prepare_shard, pending()):
                 done += 1
     if holdout > 0:
         counts["validation"] = counts["train"]
     log.info("%s: prepared %d shard(s), %d already done", folder,
              done, counts["train"] + counts["validation"] - done)
-    meta = _finish(folder, plan, counts, cfg)
-    return meta
-
-
-def _init_pool(tokenizer_folder, max_seq_length, prepared_dir, split_seed):
-    _init_worker(tokenizer_folder, max_seq_length, prepared_dir)
-    _worker_state["split_seed"] = split_seed
-
-
-def _chain(*iterators):
-    for iterator in iterators:
-        yield from iterator
+    return _finish(folder, plan, counts, cfg)
 
 
 def _finish(folder: Path, plan: dict, counts: dict, cfg: PretrainDataConfig) -> dict:
@@ -509,8 +495,7 @@ def _finish(folder: Path, plan: dict, counts: dict, cfg: PretrainDataConfig) -> 
             f"{train_docs}; raise it, separate documents with blank lines, or set it to 0"
         )
     meta = {
-        **{k: v for k, v in plan.items() if k != "shard_bytes"},
-        "shard_bytes": plan["shard_bytes"],
+        **plan,
         "token_dtype": str(dtype),
         "token_counts": [int(c) for c in token_counts] if token_counts is not None else [],
         "stores": stores,
@@ -791,7 +776,7 @@ def open_prepared(
         log.info("preparing %s (once; `jaxtl prepare` does this ahead of time)", folder)
         prepare(cfg, tokenizer_folder, tokenizer_name)
     meta = json.loads(meta_file.read_text())
-    change = _describe_change(meta, _plan(cfg, tokenizer_name, tokenizer_folder), str(folder))
+    change = _describe_change(meta, _plan(cfg, tokenizer_name, tokenizer_folder))
     if change is not None:
         raise DataError(
             f"data.prepared_dir={cfg.prepared_dir} is stale: {change}; rerun `jaxtl prepare` "
