@@ -420,3 +420,24 @@ def test_sentence_order_pairs_are_continuations_swapped_half_the_time(tmp_path, 
             assert (max(a_num) < min(b_num)) if label == 0 else (min(a_num) > max(b_num))
             labels.append(label)
     assert 0.3 < np.mean(labels) < 0.7
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_bad_input_is_one_clear_data_error(assets, tmp_path):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"Good words here.\n\ncaf\xe9 au lait.\n")
+    with pytest.raises(DataError, match=r"latin\.txt: not valid UTF-8: byte 0xe9 at offset 21"):
+        prepared.prepare(data_config(assets, tmp_path / "a", train_files=[str(latin)]),
+                         assets["tok_dir"], "tok")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n  \n")
+    with pytest.raises(DataError, match=r"empty\.txt: no text"):
+        prepared.prepare(data_config(assets, tmp_path / "b", train_files=[str(empty)]),
+                         assets["tok_dir"], "tok")
+    # Another process of a multi-process run never prepares: the folder must be ready.
+    with pytest.raises(DataError, match="holds no finished preparation; run `jaxtl prepare"):
+        prepared.open_prepared(data_config(assets, tmp_path / "c"), assets["tok"],
+                               assets["tok_dir"], "tok", model_vocab_size=1000,
+                               may_prepare=False)
