@@ -154,6 +154,36 @@ def test_interrupted_preparation_resumes_to_the_same_bytes(prepared_folder, asse
     assert not (copy / "train" / "shard-00004.arrow.tmp").exists()  # replaced, then renamed
 
 
+def test_prepare_killed_mid_way_then_rerun_gives_the_same_bytes(assets, tmp_path):
+    """A real SIGKILL of `jaxtl prepare` after its first shards, then a rerun: the same bytes as
+    an uninterrupted preparation (finished shards kept, the rest written, metadata last)."""
+    import signal
+    import time
+
+    big = tmp_path / "big.txt"
+    big.write_text("\n\n".join(corpus_text(s, num_docs=40) for s in range(40)), encoding="utf-8")
+    config = write_config(tmp_path / "c.yaml", assets, tmp_path / "killed",
+                          data={"train_files": [str(big)], "prepare_shard_mb": 0.02})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "jaxtl.cli", "prepare", "--config", config],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    shards = tmp_path / "killed" / "train"
+    deadline = time.monotonic() + 240
+    while len(list(shards.glob("shard-*.arrow"))) < 3 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(list(shards.glob("shard-*.arrow")))
+    assert not (tmp_path / "killed" / "metadata.json").exists()
+    cfg = config_lib.load(config)
+    meta = prepared.prepare(cfg.data, assets["tok_dir"], "tok")  # the rerun
+    assert written < len(meta["stores"]["train"]), "the kill came too late to interrupt anything"
+    straight = dataclasses.replace(cfg.data, prepared_dir=str(tmp_path / "straight"))
+    prepared.prepare(straight, assets["tok_dir"], "tok")
+    assert folder_digest(tmp_path / "killed") == folder_digest(tmp_path / "straight")
+
+
 def test_two_workers_give_the_same_bytes(prepared_folder, assets, tmp_path):
     folder, cfg = prepared_folder
     other = tmp_path / "two"
