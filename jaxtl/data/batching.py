@@ -316,5 +316,6 @@ class PretrainingBatcher(Batcher):
             "masked_labels": labels,
             "masked_weights": weights,
             # SOP: 1 when A and B are swapped (AlbertForPreTraining's sentence_order_label).
-            "sop_labels" if data.cfg.sop else "nsp_labels": instances.is_random_next.astype(np.int32),
+            "sop_labels" if data.cfg.sop else "nsp_labels": (
+                instances.is_random_next.astype(np.int32)),
         }

@@ -1,27 +1,29 @@
 """Prepared pretraining data: the corpus tokenized once into sharded, memory-mapped token files,
-and the NSP / packed instances built from them lazily, batch by batch.
+and the NSP / SOP / packed instances built from them lazily, batch by batch.
 
-    jaxtl prepare --config configs/pretrain_base_fsdp.yaml   # or: first `jaxtl pretrain` does it
-    train, validation = open_prepared(cfg.data, tokenizer, tokenizer_name, model_vocab_size=V)
+    jaxtl prepare --config configs/pretrain_base_fsdp.yaml   # or: the first `jaxtl pretrain`
+    train, validation = open_prepared(cfg.data, tokenizer, tokenizer_folder, tokenizer_name,
+                                      model_vocab_size=V)
     batches = PretrainingBatcher(train, batch_size=256, seed=0)  # the same batcher as in memory
 
 **The folder.** ``data.prepared_dir`` holds ``train/shard-00000.arrow ...``, ``validation/...``
 (the held-out documents, or ``data.validation_files``), ``plan.json`` (what is being prepared,
 written first) and ``metadata.json`` (written last: format version, tokenizer name and sha256 of
-its files, every source with its size and mtime, token dtype, per-shard counts). A shard is one
-Apache Arrow IPC stream file (the format of HF ``datasets``' own cache) holding a single row of four list columns: ``tokens`` (uint16, or uint32
-for a vocabulary over 65,535), ``sentence_offsets`` int64 [S+1]
-(into ``tokens``), ``document_sentences`` int64 [D+1] and ``chunk_sentences`` int64 [C+1] (the
-NSP chunks: consecutive sentences of one document up to ``max_seq_length - 3`` tokens, cut
-greedily as create_pretraining_data.py does with its full target length).
+its files, every source with its size and mtime, token dtype, per-shard counts, the training
+token counts). A shard is one Apache Arrow IPC stream (the format of HF ``datasets``' own cache
+files) holding a single row of four list columns: ``tokens`` (uint16, or uint32 for a vocabulary
+over 65,535), ``sentence_offsets`` int64 [S+1] (into ``tokens``), ``document_sentences`` int64
+[D+1] and ``chunk_sentences`` int64 [C+1] (the NSP chunks: consecutive sentences of one document
+up to ``max_seq_length - 3`` tokens, cut greedily as create_pretraining_data.py does with its full
+target length). Sentences longer than that are cut into pieces, as in memory.
 
-*Why Arrow IPC:* ``pa.memory_map`` gives zero-copy numpy views of the flat columns, so opening a
-shard reads its schema and batch header, not its tokens, and a batch touches only the pages of its rows;
-pyarrow is already installed (``datasets`` stores its own caches this way, and
-``datasets.Dataset.from_file`` opens a shard). Grain + ArrayRecord was the alternative: a new
-dependency whose records are opaque blobs decoded per read, while NSP needs random access to
-sentence ranges of flat arrays; and what Grain's checkpointable iterator gives, the batcher already
-has: every batch is a pure function of ``(seed, step)``.
+*Why Arrow IPC:* over ``pa.memory_map`` the flat columns are zero-copy numpy views
+(``np.frombuffer`` of the mapped buffers), so opening a shard reads its headers, not its tokens,
+and a batch touches only the pages of its rows; pyarrow is already installed (a dependency of
+``datasets``, whose ``Dataset.from_file`` opens a shard as it is). Grain + ArrayRecord was the
+alternative: a new dependency whose records are opaque blobs decoded per read, while NSP needs
+random access to sentence ranges of flat arrays; and what Grain's checkpointable iterator gives,
+the batcher already has: every batch is a pure function of ``(seed, step)``.
 
 **Preparation** cuts each text file into ranges of about ``data.prepare_shard_mb`` at blank
 lines (a document never spans two shards; an HF dataset, streamed or not, is cut into runs of
@@ -43,17 +45,21 @@ computed alone); instance ``i`` is made from chunk ``perm(i)`` with the generato
 leading sentences up to it), A = its first sentences, B = the rest (label 0) or, with
 probability 1/2, sentences from a random other document anywhere in the corpus (label 1), then the
 original truncation. With ``data.sop`` (ALBERT), B is always the rest (a one-sentence chunk's
-second half) and the pair is swapped with probability 1/2 (``sop_labels`` 1). Without NSP, instance ``perm(i)`` is the ``i``-th block of ``max_seq_length -
-2`` tokens of a shard (a shard's last block may be short). Masking is unchanged
+second half) and the pair is swapped with probability 1/2 (``sop_labels`` 1). Without pairs,
+instance ``perm(i)`` is the ``i``-th block of ``max_seq_length - 2`` tokens of a shard's
+documents joined by [SEP] (a shard's last block may be short). Masking is unchanged
 (:mod:`jaxtl.data.masking`, stream ``[seed, step, 1]`` row by global row), so a batch is a pure
-function of ``(seed, step)``, and a process reads only the chunks of its own rows.
+function of ``(seed, step)`` whatever the process count, and a process reads only what its own
+rows need (their chunks, and the random-next documents they draw).
 
 *How batches differ from the in-memory path* (:mod:`jaxtl.data.pretraining`): there an epoch
 re-chunks every document with random target lengths and gives the unused sentences of a
 random-next chunk back to its document; here chunks are fixed at preparation, a short target uses
 a prefix of the chunk, and a random-next instance leaves the rest of its chunk unused that epoch
-(about a quarter of the tokens per epoch). Packed rows do not cross shards. Validation instances
-are the validation store's chunks in order, made with ``default_rng([split_seed, 0, chunk, 2])``.
+(roughly a quarter of the tokens; an epoch has fewer, fuller rows: 607 instead of 934 batches of
+32 for bench/RESULTS.md section 8's corpus). Packed rows do not cross shards. Validation
+instances are the validation store's chunks in order, made with ``default_rng([split_seed, 0,
+chunk, 2])``.
 """
 
 from __future__ import annotations
@@ -148,7 +154,8 @@ def _shard_bytes(cfg: PretrainDataConfig) -> int:
 def _describe_change(old: dict, new: dict) -> str | None:
     """One line naming what differs between two plans (None: the same)."""
     if old.get("format_version") != new["format_version"]:
-        return f"it has format version {old.get('format_version')}, this jaxtl reads {FORMAT_VERSION}"
+        return (f"it has format version {old.get('format_version')}, this jaxtl reads "
+                f"{FORMAT_VERSION}")
     if old["tokenizer_sha256"] != new["tokenizer_sha256"]:
         return (f"it was tokenized with {old['tokenizer']!r} (sha256 {old['tokenizer_sha256'][:12]}"
                 f"...), but the tokenizer now is {new['tokenizer']!r} (sha256 "
@@ -579,9 +586,11 @@ class _Store:
     def __init__(self, folder: Path, shards: list[dict]):
         self.folder = folder
         self.shards = shards
-        counts = lambda key: np.concatenate([[0], np.cumsum([s[key] for s in shards])]).astype(np.int64)  # noqa: E731
-        self.chunk_starts = counts("chunks")  # int64 [shards+1]: global chunk ids per shard
-        self.doc_starts = counts("documents")
+        def starts(key: str) -> np.ndarray:  # int64 [shards+1]: first global id per shard
+            return np.concatenate([[0], np.cumsum([s[key] for s in shards])]).astype(np.int64)
+
+        self.chunk_starts = starts("chunks")
+        self.doc_starts = starts("documents")
         self.num_chunks = int(self.chunk_starts[-1])
         self.num_documents = int(self.doc_starts[-1])
         self.touched: set[int] = set()  # shards opened (the tests check what a process reads)

@@ -369,8 +369,8 @@ def load_pretraining_data(
         source, held_out_texts = file_documents(list(cfg.validation_files), "data.validation_files")
         eval_docs = _tokenized_documents(tokenizer, held_out_texts, cfg)
         if not eval_docs or (cfg.pairs and sum(len(d) for d in eval_docs) < 2):
-            raise DataError(f"{source}: too little text to evaluate on (no tokens"
-                            f"{', or one sentence: next-sentence prediction needs two' if cfg.nsp else ''})")
+            needs = ", or one sentence: a sentence pair needs two" if cfg.pairs else ""
+            raise DataError(f"{source}: too little text to evaluate on (no tokens{needs})")
         return PretrainingData(documents, special, cfg), PretrainingData(eval_docs, special, cfg)
 
     num_eval = 0
