@@ -3,6 +3,7 @@ registry (:mod:`jaxtl.heads`) and :mod:`jaxtl.hf`.
 
     jaxtl finetune --config configs/demo_finetune.yaml --workdir runs/demo
     jaxtl pretrain --config configs/demo_pretrain.yaml --workdir runs/pretrain
+    jaxtl prepare  --config configs/pretrain_base_fsdp.yaml  # tokenize once into data.prepared_dir
     jaxtl evaluate --model runs/demo/best --file reviews.csv --config configs/demo_finetune.yaml
     jaxtl predict  --model runs/demo/best --file new.csv --output predictions.csv
     jaxtl export   --workdir runs/demo --out exported/ [--step N | --best]  # checkpoint -> HF folder
@@ -85,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(its checkpoints, metrics and exports are deleted)")
     _add_distributed_args(p)
 
+    p = sub.add_parser("prepare", help="tokenize a pretraining corpus once into sharded files",
+                       description="Tokenize a pretraining config's corpus into memory-mapped "
+                       "shards in data.prepared_dir (resumes an interrupted preparation; "
+                       "rebuilds one made from other sources or another tokenizer). "
+                       "`jaxtl pretrain` then reads only the shards.")
+    _add_config_args(p)
+
     for name, text in (("evaluate", "metrics of a fine-tuned model on a labelled file"),
                        ("predict", "predicted label and probabilities for each input")):
         p = sub.add_parser(name, help=text, description=text.capitalize() + ". Column names come "
@@ -154,6 +162,27 @@ def _run(args) -> int:
 
     if jax.process_index() == 0:
         print(json.dumps({k: v for k, v in results.items()}, indent=2, sort_keys=True))
+    return 0
+
+
+def _prepare(args) -> int:
+    from jaxtl import config as config_lib, hf, runlog
+    from jaxtl.data import prepared
+
+    cfg = config_lib.load(args.config, args.overrides)
+    if cfg.task != "pretrain":
+        raise config_lib.ConfigError(
+            f"{args.config} is a task={cfg.task!r} config; `jaxtl prepare` prepares pretraining data"
+        )
+    if cfg.data.prepared_dir is None:
+        raise config_lib.ConfigError(
+            f"{args.config}: set data.prepared_dir (the folder to prepare the data in)"
+        )
+    runlog.setup_logging()
+    name = cfg.model.tokenizer or cfg.model.pretrained
+    meta = prepared.prepare(cfg.data, hf.resolve(name), str(name))
+    print(json.dumps({"prepared_dir": cfg.data.prepared_dir, **meta["totals"]}, indent=2,
+                     sort_keys=True))
     return 0
 
 
@@ -269,7 +298,7 @@ def _convert(args) -> int:
     return 0
 
 
-COMMANDS = {"finetune": _run, "pretrain": _run, "evaluate": _evaluate, "predict": _predict,
+COMMANDS = {"finetune": _run, "pretrain": _run, "prepare": _prepare, "evaluate": _evaluate, "predict": _predict,
             "export": _export, "convert": _convert}
 
 

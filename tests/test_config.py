@@ -184,7 +184,7 @@ def test_pretrain_values_are_checked(tmp_path, override, message):
 
 def test_short_seq_prob_needs_nsp(tmp_path):
     assert_refused(tmp_path, PRETRAIN, ["data.nsp=false", "data.short_seq_prob=0.2"],
-                   "data.short_seq_prob=0.2 is only used with data.nsp: true")
+                   "data.short_seq_prob=0.2 is only used with data.nsp: true or data.sop: true")
 
 
 def test_overrides_are_typed_for_the_model(tmp_path):

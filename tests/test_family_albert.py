@@ -531,3 +531,18 @@ def test_cli_pretrain_with_nsp_is_refused(cli_assets, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "data.nsp: false" in proc.stderr and "sop_logits" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_pretrain_with_sentence_order_prediction(cli_assets, tmp_path):
+    """``data.sop: true`` (nsp false): ALBERT's own objective, masked LM + sentence order; the
+    SOP metrics are recorded and the summed loss is finite."""
+    config = write_pretrain_config(tmp_path / "c.yaml", cli_assets, tmp_path / "corpus.txt",
+                                   sop=True)
+    workdir = tmp_path / "run"
+    assert cli.main(["pretrain", "--config", config, "--workdir", str(workdir),
+                     "--set", "train.max_steps=6", "--set", "train.log_every=3"]) == 0
+    records = [r for r in read_metrics(workdir) if r["split"] == "train"]
+    assert len(records) == 2
+    for r in records:
+        assert "sop_loss" in r and "sop_accuracy" in r and "nsp_loss" not in r, r
+        assert np.isfinite(r["loss"]) and r["loss"] == pytest.approx(r["mlm_loss"] + r["sop_loss"])

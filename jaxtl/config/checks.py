@@ -204,8 +204,24 @@ def _validate_pretrain_data(d: PretrainDataConfig) -> None:
     if d.dataset is None:
         hub_only = ("dataset_config", "train_split", "text_column")
         _unused_unless("data", d, hub_only, "with data.dataset")
-    if not d.nsp:
-        _unused_unless("data", d, ("short_seq_prob",), "with data.nsp: true")
+    if d.nsp and d.sop:
+        raise ConfigError("data.sop: true needs data.nsp: false (a pair is either a "
+                          "next-sentence or a sentence-order pair)")
+    if not d.pairs:
+        _unused_unless("data", d, ("short_seq_prob",), "with data.nsp: true or data.sop: true")
+    if d.validation_files and d.validation_fraction != _default(PretrainDataConfig,
+                                                                 "validation_fraction"):
+        raise ConfigError(
+            f"data.validation_fraction={_show(d.validation_fraction)} is not used when "
+            "data.validation_files is set (set one of them)"
+        )
+    if d.prepared_dir is None:
+        _unused_unless("data", d, ("prepare_workers", "prepare_shard_mb", "streaming"),
+                       "with data.prepared_dir")
+    _positive("data.prepare_workers", d.prepare_workers)
+    _positive("data.prepare_shard_mb", d.prepare_shard_mb)
+    if d.streaming and d.dataset is None:
+        raise ConfigError("data.streaming is only used with data.dataset")
 
 
 def _validate_optim(o: OptimConfig) -> None:

@@ -83,14 +83,31 @@ class PretrainDataConfig:
     text_column: str = "text"
     validation_fraction: float = 0.02  # documents held out for evaluation, chosen with split_seed
     split_seed: int = 1234
+    # A dedicated held-out corpus (files/globs/assets, like train_files) instead of the fraction.
+    validation_files: list[str] = dataclasses.field(default_factory=list)
+    # Read data.dataset with HF `datasets` streaming (no full download; only with prepared_dir).
+    streaming: bool = False
+    # A folder of prepared (tokenized, sharded, memory-mapped) data: `jaxtl prepare` fills it, or
+    # `jaxtl pretrain` on first use; training then reads only the shards (jaxtl.data.prepared).
+    prepared_dir: str | None = None
+    prepare_workers: int | None = None  # processes tokenizing shards; None: one per CPU core
+    prepare_shard_mb: float = 64.0  # text per shard (a document never spans two shards)
     max_seq_length: int = 128
-    nsp: bool = True  # next-sentence prediction pairs; false packs text for MLM only
+    nsp: bool = True  # next-sentence prediction pairs; false packs text for MLM only ...
+    # ... or, with nsp: false, ALBERT's sentence-order pairs: B is always A's true continuation,
+    # the two swapped with probability 1/2 (sop_labels 1: swapped, as AlbertForPreTraining's).
+    sop: bool = False
     short_seq_prob: float = 0.1  # chance of a shorter target length, as in the original recipe
     mlm_probability: float = 0.15
     mask_token_prob: float = 0.8  # of the chosen tokens: [MASK] ...
     random_token_prob: float = 0.1  # ... a random token; the rest stay unchanged
     whole_word_mask: bool = False
     max_predictions: int | None = None  # masked positions per sequence; None: ceil(15% of length)+1
+
+    @property
+    def pairs(self) -> bool:
+        """Rows are sentence pairs ``[CLS] A [SEP] B [SEP]`` (NSP or SOP), not packed text."""
+        return self.nsp or self.sop
 
 
 @dataclasses.dataclass(frozen=True)

@@ -218,7 +218,9 @@ class ClassificationBatcher(Batcher):
 
 
 class PretrainingBatcher(Batcher):
-    """Masked-LM (+ NSP) batches of :class:`PretrainingData`, every row ``max_seq_length`` long.
+    """Masked-LM (+ NSP) batches of :class:`PretrainingData` (in memory) or
+    :class:`jaxtl.data.prepared.PreparedCorpus` (memory-mapped shards, instances made lazily),
+    every row ``max_seq_length`` long.
 
     Training batch ``step`` holds instances ``[i*B, (i+1)*B)`` of epoch ``step //
     steps_per_epoch`` (wrapping around in an epoch with fewer); its masks come from the stream
@@ -228,9 +230,10 @@ class PretrainingBatcher(Batcher):
 
     Batches hold int32 ``input_ids``, ``attention_mask``, ``token_type_ids`` [b, L];
     ``masked_positions``, ``masked_labels`` int32 and ``masked_weights`` float32 [b, P];
-    ``nsp_labels`` int32 [b] (1: B is a random next); ``example_weight`` float32 [b];
-    evaluation batches also ``index``. The corpus is read only through ``data.stream`` (flat
-    token ids, indexed by the instances' offsets): the seam for a memory-mapped token store.
+    ``nsp_labels`` int32 [b] (1: B is a random next; with ``data.sop`` ``sop_labels``, 1: A and
+    B swapped); ``example_weight`` float32 [b];
+    evaluation batches also ``index``. The data gives this process's rows as instances plus the
+    token array their offsets index (``data.train_rows`` / ``data.eval_rows``).
     """
 
     def __init__(
@@ -254,26 +257,25 @@ class PretrainingBatcher(Batcher):
 
     @property
     def num_eval_batches(self) -> int:
-        return -(-len(self.data.eval_instances()) // self.batch_size)
+        return -(-self.data.num_eval_instances() // self.batch_size)
 
     def train_batch(self, step: int) -> dict[str, np.ndarray]:
         epoch, index = divmod(step, self.steps_per_epoch)
-        instances = self.data.epoch_instances(self.seed, epoch)
         first, b = index * self.batch_size + self.local.start, self.local.stop - self.local.start
-        rows = np.arange(first, first + b) % len(instances)
+        instances, stream = self.data.train_rows(self.seed, epoch, np.arange(first, first + b))
         length = self.data.cfg.max_seq_length
         uniforms = mask_uniforms(self.seed, step, TRAIN_MASK_STREAM, self.local.start, b, length)
-        batch = self._batch(instances.take(rows), uniforms)
+        batch = self._batch(instances, stream, uniforms)
         batch["example_weight"] = np.ones(b, dtype=np.float32)
         return batch
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
-        instances = self.data.eval_instances()
+        num_instances = self.data.num_eval_instances()
         length = self.data.cfg.max_seq_length
         b = self.local.stop - self.local.start
         for start, rows_B in zip(
-            range(0, len(instances), self.batch_size),
-            _eval_plan(np.arange(len(instances)), self.batch_size),
+            range(0, num_instances, self.batch_size),
+            _eval_plan(np.arange(num_instances), self.batch_size),
         ):
             index = rows_B[self.local]
             real = index >= 0
@@ -281,14 +283,18 @@ class PretrainingBatcher(Batcher):
             uniforms = mask_uniforms(self.seed, 0, EVAL_MASK_STREAM, first, b, length)
             if not real.all():  # padding rows: the masks of instance 0, like their tokens
                 uniforms[~real] = mask_uniforms(self.seed, 0, EVAL_MASK_STREAM, 0, 1, length)[0]
-            batch = self._batch(instances.take(np.where(real, index, 0)), uniforms)
+            instances, stream = self.data.eval_rows(np.where(real, index, 0))
+            batch = self._batch(instances, stream, uniforms)
             batch["masked_weights"] *= real[:, None]
             batch["example_weight"] = real.astype(np.float32)
             batch["index"] = index.astype(np.int32)
             yield batch
 
-    def _batch(self, instances: Instances, uniforms: np.ndarray) -> dict[str, np.ndarray]:
-        """Rows ``[CLS] A [SEP] B [SEP]`` (or ``[CLS] A [SEP]``) padded to L, then masked."""
+    def _batch(
+        self, instances: Instances, stream: np.ndarray, uniforms: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Rows ``[CLS] A [SEP] B [SEP]`` (or ``[CLS] A [SEP]``) padded to L, then masked;
+        ``instances`` are offsets into the token ids ``stream``."""
         data = self.data
         special, length = data.special, data.cfg.max_seq_length
         j = np.arange(length)[None, :]
@@ -298,7 +304,7 @@ class PretrainingBatcher(Batcher):
         in_b = (j >= a_len + 2) & (j < a_len + 2 + b_len)
         sep = (j == a_len + 1) | ((b_len > 0) & (j == a_len + 2 + b_len))
         gather = np.where(in_a, a_start + j - 1, np.where(in_b, b_start + j - a_len - 2, 0))
-        ids = np.where(in_a | in_b, data.stream[gather], special.pad_id)
+        ids = np.where(in_a | in_b, stream[gather] if len(stream) else 0, special.pad_id)
         ids = np.where(sep, special.sep_id, ids)
         ids[:, 0] = special.cls_id
         used = a_len + 2 + np.where(b_len > 0, b_len + 1, 0)
@@ -313,5 +319,7 @@ class PretrainingBatcher(Batcher):
             "masked_positions": positions,
             "masked_labels": labels,
             "masked_weights": weights,
-            "nsp_labels": instances.is_random_next.astype(np.int32),
+            # SOP: 1 when A and B are swapped (AlbertForPreTraining's sentence_order_label).
+            "sop_labels" if data.cfg.sop else "nsp_labels": (
+                instances.is_random_next.astype(np.int32)),
         }

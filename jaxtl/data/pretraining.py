@@ -19,11 +19,10 @@ that every batch is a pure function of ``(seed, step)``:
     train, val = load_pretraining_data(cfg.data, tokenizer, model_vocab_size=model_cfg.vocab_size)
     batches = PretrainingBatcher(train, batch_size=256, seed=0)
 
-The seam for a corpus-scale token store (issue 13): instances are made from two offset arrays
-only (``sentence_offsets`` int64 [S+1], ``document_sentences`` int64 [D+1]) and batches gather
-token ids from one flat int32 array (``stream``: ``tokens``, or with NSP off the documents joined
-by [SEP]). A memory-mapped, sharded store has to provide just these arrays (``np.memmap``
-indexes the same way) instead of :class:`PretrainingData` holding them in memory.
+This path holds the whole corpus in memory and builds each epoch's instances at once: for a
+small corpus. For corpus scale, :mod:`jaxtl.data.prepared` (``data.prepared_dir``) tokenizes once
+into memory-mapped shards and makes instances lazily, batch by batch; both give the batcher the
+same interface (``train_rows`` / ``eval_rows``: instances plus the token array they index).
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ import numpy as np
 
 from jaxtl.config import PretrainDataConfig
 from jaxtl.data.masking import SpecialTokens, check_word_boundaries, num_predictions
-from jaxtl.data.text import read_documents
+from jaxtl.data.text import file_documents, read_documents
 from jaxtl.errors import DataError
 
 # The third seed word of the evaluation instances (jaxtl.data.masking uses 1 and 3 for masks).
@@ -87,7 +86,9 @@ def _truncation(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
 def _nsp_instances(
     sent_offsets: np.ndarray, doc_sentences: np.ndarray, cfg: PretrainDataConfig, rng
 ) -> Instances:
-    """One pass of create_pretraining_data.py's ``create_instances_from_document`` over all docs."""
+    """One pass of create_pretraining_data.py's ``create_instances_from_document`` over all docs
+    (with ``cfg.sop``, ALBERT's: B the true continuation, the pair swapped with probability 1/2;
+    ``is_random_next`` then means swapped)."""
     offsets = sent_offsets.tolist()  # python ints: this loop is scalar code
     doc_first = doc_sentences.tolist()
     num_docs = len(doc_first) - 1
@@ -108,7 +109,14 @@ def _nsp_instances(
                 if num_in_chunk >= 2:
                     a_end += int(random() * (num_in_chunk - 1))
                 sa, la = offsets[chunk_first], offsets[a_end] - offsets[chunk_first]
-                if num_in_chunk == 1 or random() < 0.5:
+                if cfg.sop:  # B is A's continuation (a one-sentence chunk: its second half)
+                    if num_in_chunk == 1:
+                        la = (la + 1) // 2
+                        sb, lb = sa + la, offsets[a_end] - sa - la
+                    else:
+                        sb, lb = offsets[a_end], offsets[i + 1] - offsets[a_end]
+                    random_next = random() < 0.5  # here: the two are swapped
+                elif num_in_chunk == 1 or random() < 0.5:
                     target_b = target - la
                     if num_docs > 1:
                         other = int(random() * (num_docs - 1))
@@ -141,6 +149,8 @@ def _nsp_instances(
                 if cut_b:
                     sb += int(rng.binomial(cut_b, 0.5))
                     lb -= cut_b
+                if cfg.sop and random_next:
+                    sa, la, sb, lb = sb, lb, sa, la
                 rows.append((sa, la, sb, lb, random_next))
                 chunk_first, length = i + 1, 0
             i += 1
@@ -170,11 +180,11 @@ class PretrainingData:
 
     def __post_init__(self):
         cfg = self.cfg
-        minimum = 5 if cfg.nsp else 3
+        minimum = 5 if cfg.pairs else 3
         if cfg.max_seq_length < minimum:
             raise DataError(
                 f"data.max_seq_length={cfg.max_seq_length} is too short: "
-                f"{'[CLS] A [SEP] B [SEP]' if cfg.nsp else '[CLS] tokens [SEP]'} needs at least "
+                f"{'[CLS] A [SEP] B [SEP]' if cfg.pairs else '[CLS] tokens [SEP]'} needs at least "
                 f"{minimum}"
             )
         documents = []
@@ -187,7 +197,7 @@ class PretrainingData:
             raise DataError("the corpus has no tokens (every document is empty)")
         check_word_boundaries(self.special, cfg)
         sentences = [s for doc in documents for s in doc]
-        if cfg.nsp and len(sentences) < 2:
+        if cfg.pairs and len(sentences) < 2:
             raise DataError(
                 "the corpus is one sentence, so next-sentence prediction is impossible; "
                 "add text or set data.nsp=false"
@@ -205,7 +215,7 @@ class PretrainingData:
         # Sentences become views of the one array (the caller's arrays can be freed).
         pieces = iter(np.split(self.tokens, self.sentence_offsets[1:-1]))
         self.documents = [[next(pieces) for _ in doc] for doc in documents]
-        if cfg.nsp:
+        if cfg.pairs:
             self.stream = self.tokens
         else:  # the stream of documents joined by [SEP]
             doc_ends = self.sentence_offsets[self.document_sentences[1:-1]]
@@ -236,7 +246,7 @@ class PretrainingData:
         return max(1, self._nominal_instances // batch_size)
 
     def _create_instances(self, rng: np.random.Generator) -> Instances:
-        if self.cfg.nsp:
+        if self.cfg.pairs:
             return _nsp_instances(self.sentence_offsets, self.document_sentences, self.cfg, rng)
         return _packed_instances(len(self.stream), self.cfg)
 
@@ -252,6 +262,28 @@ class PretrainingData:
                     self._cache.popitem(last=False)
             self._cache.move_to_end(key)
             return self._cache[key]
+
+    def train_rows(self, seed: int, epoch: int, rows: np.ndarray) -> tuple[Instances, np.ndarray]:
+        """Instances ``rows`` of an epoch (wrapping around) and the token array they index."""
+        instances = self.epoch_instances(seed, epoch)
+        return instances.take(np.asarray(rows) % len(instances)), self.stream
+
+    def num_eval_instances(self) -> int:
+        return len(self.eval_instances())
+
+    def eval_rows(self, index: np.ndarray) -> tuple[Instances, np.ndarray]:
+        return self.eval_instances().take(index), self.stream
+
+    def eval_nsp_labels(self) -> np.ndarray:
+        """bool [N]: the evaluation instances' labels (True: B is a random next)."""
+        return self.eval_instances().is_random_next
+
+    @property
+    def most_frequent_token(self) -> int:
+        """The most frequent id of the corpus among those that can be masked."""
+        counts = np.bincount(self.tokens, minlength=self.special.vocab_size)
+        counts[list(self.special.never_mask)] = 0
+        return int(np.argmax(counts))
 
     def eval_instances(self) -> Instances:
         """The evaluation instances: fixed by ``data.split_seed``, whatever the training seed."""
@@ -303,11 +335,21 @@ def _as_documents(
     return documents
 
 
+def _tokenized_documents(tokenizer, texts: list[list[str]], cfg: PretrainDataConfig) -> list:
+    sentences = [s for doc in texts for s in doc]
+    if not sentences:
+        return []
+    tokens, lengths = _tokenize(tokenizer, sentences)
+    max_piece = cfg.max_seq_length - 3 if cfg.pairs else None
+    return _as_documents(tokens, lengths, [len(d) for d in texts], max_piece)
+
+
 def load_pretraining_data(
     cfg: PretrainDataConfig, tokenizer, *, model_vocab_size: int
 ) -> tuple[PretrainingData, PretrainingData | None]:
     """Reads, tokenizes and splits the corpus: (train, validation or None when the fraction is 0).
 
+    The documents of ``cfg.validation_files`` are the validation set when it is given; otherwise
     ``cfg.validation_fraction`` of the documents (at least one) are held out, chosen with
     ``cfg.split_seed``. Raises DataError when the tokenizer does not fit the model's vocabulary or
     lacks a special token BERT needs, and for the input problems of :func:`read_documents`.
@@ -320,12 +362,16 @@ def load_pretraining_data(
             "or a model with vocab_size >= the tokenizer's"
         )
     texts = read_documents(cfg)
-    sentences = [s for doc in texts for s in doc]
-    tokens, lengths = _tokenize(tokenizer, sentences)
-    max_piece = cfg.max_seq_length - 3 if cfg.nsp else None
-    documents = _as_documents(tokens, lengths, [len(d) for d in texts], max_piece)
+    documents = _tokenized_documents(tokenizer, texts, cfg)
     if not documents:
         raise DataError("the corpus tokenizes to no tokens at all")
+    if cfg.validation_files:
+        source, held_out_texts = file_documents(list(cfg.validation_files), "data.validation_files")
+        eval_docs = _tokenized_documents(tokenizer, held_out_texts, cfg)
+        if not eval_docs or (cfg.pairs and sum(len(d) for d in eval_docs) < 2):
+            needs = ", or one sentence: a sentence pair needs two" if cfg.pairs else ""
+            raise DataError(f"{source}: too little text to evaluate on (no tokens{needs})")
+        return PretrainingData(documents, special, cfg), PretrainingData(eval_docs, special, cfg)
 
     num_eval = 0
     if cfg.validation_fraction > 0:
@@ -340,7 +386,7 @@ def load_pretraining_data(
     held_out = set(order[:num_eval].tolist())
     train_docs = [d for i, d in enumerate(documents) if i not in held_out]
     eval_docs = [d for i, d in enumerate(documents) if i in held_out]
-    if cfg.nsp and num_eval and sum(len(d) for d in eval_docs) < 2:
+    if cfg.pairs and num_eval and sum(len(d) for d in eval_docs) < 2:
         raise DataError(
             f"data.validation_fraction={cfg.validation_fraction} holds out {num_eval} document(s) "
             "with a single sentence: too little for next-sentence prediction; raise the fraction"
@@ -349,15 +395,13 @@ def load_pretraining_data(
     return train, (PretrainingData(eval_docs, special, cfg) if num_eval else None)
 
 
-def unigram_baseline_accuracy(train: PretrainingData, eval_batches: Iterable[dict]) -> float:
+def unigram_baseline_accuracy(train, eval_batches: Iterable[dict]) -> float:
     """Masked-LM accuracy of always predicting the training corpus's most frequent token.
 
     Counted at exactly the positions ``eval_batches`` (a batcher's ``eval_batches()``) masks: the
     floor a pretrained model's masked-LM accuracy should clear.
     """
-    counts = np.bincount(train.tokens, minlength=train.special.vocab_size)
-    counts[list(train.special.never_mask)] = 0
-    most_frequent = int(np.argmax(counts))
+    most_frequent = train.most_frequent_token
     hits = total = 0.0
     for batch in eval_batches:
         weights = batch["masked_weights"] * batch["example_weight"][:, None]
@@ -366,8 +410,9 @@ def unigram_baseline_accuracy(train: PretrainingData, eval_batches: Iterable[dic
     return hits / total if total else 0.0
 
 
-def nsp_baseline_accuracy(eval: PretrainingData) -> float:
-    """Next-sentence accuracy of always predicting the more frequent label of ``eval``'s pairs."""
-    is_random_next = eval.eval_instances().is_random_next
+def nsp_baseline_accuracy(eval) -> float:
+    """Next-sentence accuracy of always predicting the more frequent label of ``eval``'s pairs
+    (:class:`PretrainingData` or :class:`jaxtl.data.prepared.PreparedCorpus`)."""
+    is_random_next = eval.eval_nsp_labels()
     share = float(is_random_next.mean()) if len(is_random_next) else 0.0
     return max(share, 1.0 - share)

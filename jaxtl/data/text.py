@@ -66,21 +66,26 @@ def read_documents(cfg: PretrainDataConfig) -> list[list[str]]:
         source = f"data.dataset={cfg.dataset!r}"
         documents = _dataset_documents(cfg)
     elif cfg.train_files:
-        files = corpus_files(list(cfg.train_files))
-        source = "data.train_files " + ", ".join(str(f) for f in files)
-        documents = []
-        for path in files:  # a document never spans two files
-            documents.extend(split_documents(read_text(path)))
+        source, documents = file_documents(list(cfg.train_files), "data.train_files")
     else:
         raise DataError("set data.train_files (text files) or data.dataset")
     if not documents:
         raise DataError(f"{source}: no text (the corpus is empty)")
-    if cfg.nsp and sum(len(d) for d in documents) < 2:
+    if cfg.pairs and sum(len(d) for d in documents) < 2:
         raise DataError(
             f"{source}: the whole corpus is one sentence, so next-sentence prediction is "
             "impossible; add text, or set data.nsp=false for masked-LM only"
         )
     return documents
+
+
+def file_documents(names: list, what: str) -> tuple[str, list[list[str]]]:
+    """(a description naming the files, their documents) for the file names of key ``what``."""
+    files = corpus_files(names, what)
+    documents = []
+    for path in files:  # a document never spans two files
+        documents.extend(split_documents(read_text(path)))
+    return f"{what} " + ", ".join(str(f) for f in files), documents
 
 
 def _dataset_documents(cfg: PretrainDataConfig) -> list[list[str]]:

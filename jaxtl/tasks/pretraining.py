@@ -43,10 +43,17 @@ def setup(cfg: Config) -> Setup:
         )
     common.check_vocab(tokenizer, base, str(tokenizer_folder))
     if d.nsp and "nsp_logits" not in family.pretraining_outputs:
+        sop = " or data.sop: true" if "sop_logits" in family.pretraining_outputs else ""
         raise ConfigError(
             f"data.nsp is true but {family.name}'s pretraining head has no next-sentence "
             f"prediction (it returns {', '.join(family.pretraining_outputs)}); "
-            "set data.nsp: false (masked LM only)"
+            f"set data.nsp: false (masked LM only{sop})"
+        )
+    if d.sop and "sop_logits" not in family.pretraining_outputs:
+        raise ConfigError(
+            f"data.sop is true but {family.name}'s pretraining head has no sentence-order "
+            f"prediction (it returns {', '.join(family.pretraining_outputs)}); "
+            "set data.sop: false"
         )
     if d.max_seq_length > base.max_position_embeddings:
         raise ConfigError(
@@ -57,7 +64,15 @@ def setup(cfg: Config) -> Setup:
     head = "pretraining"
     model = family.build(config, head)
     pretrained = hf.pretrained_weights(folder, model) if folder is not None else None
-    train_data, validation = pt_data.load_pretraining_data(d, tokenizer, model_vocab_size=config.vocab_size)
+    if d.prepared_dir is not None:  # memory-mapped shards, prepared once (on first use here)
+        from jaxtl.data import prepared
+
+        train_data, validation = prepared.open_prepared(
+            d, tokenizer, tokenizer_folder, str(m.tokenizer or m.pretrained),
+            model_vocab_size=config.vocab_size, may_prepare=jax.process_count() == 1)
+    else:
+        train_data, validation = pt_data.load_pretraining_data(
+            d, tokenizer, model_vocab_size=config.vocab_size)
     accum = cfg.optim.grad_accum_steps
     micro = t.batch_size // accum
     eval_batch = t.eval_batch_size or 2 * t.batch_size
@@ -71,8 +86,9 @@ def setup(cfg: Config) -> Setup:
         every_row = PretrainingBatcher(validation, batch_size=eval_batch, seed=t.seed)
         baselines = {"unigram_baseline": pt_data.unigram_baseline_accuracy(
             train_data, every_row.eval_batches())}
-        if d.nsp:
-            baselines["nsp_baseline"] = pt_data.nsp_baseline_accuracy(validation)
+        if d.pairs:
+            baselines["sop_baseline" if d.sop else "nsp_baseline"] = (
+                pt_data.nsp_baseline_accuracy(validation))
         log.info("validation baselines: %s", ", ".join(f"{k}={v:.4f}" for k, v in baselines.items()))
         eval_batches = PretrainingBatcher(validation, batch_size=eval_batch, **procs)
         eval_sets.append(EvalSet(
@@ -82,7 +98,9 @@ def setup(cfg: Config) -> Setup:
             finish=lambda outputs, index: dict(baselines),
         ))
     return Setup(
-        model=model, task=steps.PRETRAINING if d.nsp else steps.PRETRAINING_MLM_ONLY,
+        model=model,
+        task=(steps.PRETRAINING if d.nsp else steps.PRETRAINING_SOP if d.sop
+              else steps.PRETRAINING_MLM_ONLY),
         export=common.exporter(model, tokenizer),
         pretrained=pretrained,
         train_batch=train_batches.train_batch,
