@@ -168,6 +168,8 @@ def test_batcher_keeps_each_steps_examples_and_buckets_rows():
     split = make_split(200, seed=5, pairs=True, pad_id=0)
     plain = ClassificationBatcher(split, batch_size=32, seed=7, bucket_sizes=[16, 32])
     packer = ClassificationBatcher(split, batch_size=32, seed=7, packing=True, row_multiple=4)
+    bucketed = ClassificationBatcher(split, batch_size=32, seed=7, packing=True, row_multiple=4,
+                                     bucket_sizes=[16])
     assert packer.row_quantum == 4 and packer.slots == ROW // packer.lengths.min()
     row_counts = set()
     for step in range(2 * plain.steps_per_epoch):  # two epochs: the order is the plan's
@@ -189,12 +191,32 @@ def test_batcher_keeps_each_steps_examples_and_buckets_rows():
             return sorted(out)
 
         assert examples(a, False) == examples(b, True)
+        c = bucketed.train_batch(step)  # rows of 16 where that takes fewer tokens
+        assert examples(c, True) == examples(a, False)
+        assert c["input_ids"].size <= b["input_ids"].size
         # Rows past the packed ones are all padding; real tokens never exceed the row.
         used = (b["segment_ids"] > 0).any(1)
         assert used[: used.sum()].all()
     # Few shapes: multiples of 4 up to 32 (a batch of 32 examples over half a row each needs 32).
     assert len(row_counts) <= 32 // 4 and max(row_counts) <= 32 and min(row_counts) < 32
     assert packer.train_batch(3)["input_ids"].tolist() == packer.train_batch(3)["input_ids"].tolist()
+
+
+def test_row_length_is_the_bucket_with_fewest_tokens():
+    def split_of(lengths):
+        ids = [np.full(n, 7, np.int32) for n in lengths]
+        return Split("train", "t", ids, [np.zeros(n, np.int32) for n in lengths],
+                     np.zeros(len(lengths), np.int32), [("x", None)] * len(lengths), ROW, 0)
+
+    def shape(lengths):
+        packer = ClassificationBatcher(split_of(lengths), batch_size=len(lengths), packing=True,
+                                       bucket_sizes=[16, 32])
+        return packer._pack(np.arange(len(lengths)))["input_ids"].shape
+
+    assert shape([5] * 8) == (3, 16)  # 3 rows of 16 (48 tokens) beat 2 rows of 32 (64)
+    assert shape([8] * 8) == (4, 16)  # 4 x 16 = 2 x 32: the shorter rows (less attention work)
+    # 20 tokens fit no row of 16; rows of 32: [20, 10], [10, 10, 10], [10, 10].
+    assert shape([10] * 7 + [20]) == (3, 32)
 
 
 def test_packed_rows_split_between_processes():

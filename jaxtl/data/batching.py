@@ -123,10 +123,11 @@ class ClassificationBatcher(Batcher):
     float32; evaluation batches also ``index``. Evaluation goes shortest first (tight padding).
 
     With ``packing``, training batch ``step`` holds the same ``batch_size`` examples, packed
-    several to a row of ``max_seq_length`` tokens (:func:`pack_first_fit_decreasing`, at most
-    :attr:`slots` per row). The row count R is rounded up to a multiple of :attr:`row_quantum`
-    (``batch_size // 8``, made divisible by ``row_multiple`` — the batch shards — and the
-    process count), so at most about 9 shapes compile; added rows are all padding. Packed
+    several to a row (:func:`pack_first_fit_decreasing`, at most :attr:`slots` per row). The row
+    count R is rounded up to a multiple of :attr:`row_quantum` (``batch_size // 8``, made
+    divisible by ``row_multiple`` — the batch shards — and the process count; added rows are all
+    padding), and the row length L is the one of ``bucket_sizes`` (up to ``max_seq_length``) that
+    gives the fewest R x L tokens: at most 8-9 row counts times the bucket lengths compile. Packed
     batches hold int32 ``input_ids``, ``token_type_ids``, ``segment_ids`` (k+1 on the tokens of
     the row's k-th example, 0 on padding: examples attend only within their segment) and
     ``position_ids`` (each example counted from ``first_position``) [r, L]; ``cls_positions``
@@ -259,9 +260,15 @@ class ClassificationBatcher(Batcher):
 
     def _pack(self, rows_B: np.ndarray) -> dict[str, np.ndarray]:
         """Global batch examples ``rows_B`` packed into rows; keep this process's rows."""
-        split, lengths, L, P = self.split, self.lengths, self.split.max_seq_length, self.slots
-        packed = pack_first_fit_decreasing(lengths[rows_B], L, P)
-        R = -(-len(packed) // self.row_quantum) * self.row_quantum
+        split, lengths, P, q = self.split, self.lengths, self.slots, self.row_quantum
+        # The row length: of the bucket lengths that fit the longest example, the one with the
+        # fewest tokens in all (ties: the shorter rows, less attention work).
+        candidates = []
+        for L in (b for b in self.buckets if b >= lengths[rows_B].max()):
+            packed = pack_first_fit_decreasing(lengths[rows_B], L, P)
+            R = -(-len(packed) // q) * q
+            candidates.append((R * L, L, R, packed))
+        _, L, R, packed = min(candidates, key=lambda c: c[:2])
         input_ids = np.full((R, L), split.pad_id, np.int32)
         token_type_ids = np.zeros((R, L), np.int32)
         segment_ids = np.zeros((R, L), np.int32)
