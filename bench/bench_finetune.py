@@ -85,7 +85,7 @@ def padded_tokens(args) -> dict:
     cfg = config_lib.load(Path(__file__).parent.parent / "configs" / "demo_finetune.yaml",
                           [f"train.batch_size={args.batch_size}", *args.set])
     data = C.load_classification_data(cfg.data, hf.tokenizer(cfg.model.pretrained), max_positions=512)
-    result = {}
+    result = {"overrides": args.set}
     for packing in (False, True):
         batcher = ClassificationBatcher(data.train, batch_size=args.batch_size, seed=cfg.train.seed,
                                         bucket_sizes=cfg.data.bucket_sizes, packing=packing)
