@@ -160,8 +160,14 @@ def test_packer_places_every_example_once_within_bounds(seed):
     placed = sorted(i for row in rows for i in row)
     assert placed == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in row) <= 32 and 1 <= len(row) <= 6 for row in rows)
-    # First fit: no example could have gone into an earlier row than its own, when placed.
-    assert len(rows) <= len(lengths)
+    # First fit decreasing opens a row only for an example no earlier row had room for: the
+    # examples that open rows 1, 2, ... are each longer than the room the rows before them
+    # had left at that moment, which is at least their final room.
+    for r in range(1, len(rows)):
+        opener = rows[r][0]
+        for earlier in rows[:r]:
+            room_now = 32 - sum(lengths[i] for i in earlier)
+            assert lengths[opener] > room_now or len(earlier) == 6
 
 
 def test_batcher_keeps_each_steps_examples_and_buckets_rows():
@@ -246,7 +252,7 @@ def test_packed_finetune_learns_and_resumes_bitwise(tmp_path):
         "task": "finetune",
         "model": {"pretrained": str(ckpt)},
         "data": {"train_file": train_csv, "validation_file": valid_csv, "max_seq_length": 32,
-                 "bucket_sizes": [16, 32], "packing": True},
+                 "bucket_sizes": [32], "packing": True},
         "optim": {"lr": 3e-3, "warmup_ratio": 0.1},
         "train": {"batch_size": 16, "epochs": 4, "log_every": 8, "eval_every": 24,
                   "save_every": 8, "seed": 0, "progress": False, "tensorboard": False},
