@@ -257,7 +257,6 @@ class ClassificationBatcher(Batcher):
             batch["labels"] = labels
         return batch
 
-
     def _pack(self, rows_B: np.ndarray) -> dict[str, np.ndarray]:
         """Global batch examples ``rows_B`` packed into rows; keep this process's rows."""
         split, lengths, P, q = self.split, self.lengths, self.slots, self.row_quantum
