@@ -13,6 +13,8 @@ and machine, in one process run:
 
     python bench/bench_finetune.py                 # full: ~30-40 min on 2 CPU cores
     python bench/bench_finetune.py --quick         # throughput only, fewer steps
+    python bench/bench_finetune.py --packing       # jaxtl with data.packing: true
+    python bench/bench_finetune.py --padded-tokens # no training: tokens per step, packed vs not
 
 Prints a table and writes bench/results/finetune.json.
 """
@@ -37,6 +39,7 @@ def jaxtl_setup(args, max_len, buckets):
     cfg = config_lib.load(Path(__file__).parent.parent / "configs" / "demo_finetune.yaml", [
         f"data.max_seq_length={max_len}", f"data.bucket_sizes={buckets}",
         f"train.batch_size={args.batch_size}", f"optim.lr={args.lr}", "mesh.data=1",
+        f"data.packing={str(args.packing).lower()}",
     ])
     setup = tasks.finetune_setup(cfg)
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
@@ -67,9 +70,39 @@ def jaxtl_throughput(args, max_len, buckets) -> dict:
         state, m = step(state, sharding.global_batch(b, mesh), rng)
     jax.block_until_ready(m)
     elapsed = time.perf_counter() - start
-    examples = sum(len(b["labels"]) for b in batches)
+    examples = sum(int(b["example_weight"].sum()) for b in batches)
     return {"examples_per_s": examples / elapsed, "step_s": elapsed / len(batches),
-            "shapes": sorted({b["input_ids"].shape[1] for b in batches})}
+            "shapes": sorted({b["input_ids"].shape for b in batches})}
+
+
+def padded_tokens(args) -> dict:
+    """Tokens computed per step over one epoch of the demo's training batches (rows x padded
+    length), unpacked (bucketed) vs packed: no model, no training."""
+    from jaxtl import config as config_lib, hf
+    from jaxtl.data import classification as C
+    from jaxtl.data.batching import ClassificationBatcher
+
+    cfg = config_lib.load(Path(__file__).parent.parent / "configs" / "demo_finetune.yaml",
+                          [f"train.batch_size={args.batch_size}", *args.set])
+    data = C.load_classification_data(cfg.data, hf.tokenizer(cfg.model.pretrained), max_positions=512)
+    result = {"overrides": args.set}
+    for packing in (False, True):
+        batcher = ClassificationBatcher(data.train, batch_size=args.batch_size, seed=cfg.train.seed,
+                                        bucket_sizes=cfg.data.bucket_sizes, packing=packing)
+        computed = real = 0
+        shapes = set()
+        for step in range(batcher.steps_per_epoch):
+            batch = batcher.train_batch(step)
+            computed += batch["input_ids"].size
+            real += int((batch["segment_ids"] > 0).sum() if packing else batch["attention_mask"].sum())
+            shapes.add(batch["input_ids"].shape)
+        result["packed" if packing else "unpacked"] = {
+            "tokens_per_step": computed / batcher.steps_per_epoch,
+            "real_fraction": real / computed, "shapes": sorted(shapes),
+            "steps": batcher.steps_per_epoch, "slots": batcher.slots if packing else None}
+    result["packed_over_unpacked"] = (result["packed"]["tokens_per_step"]
+                                      / result["unpacked"]["tokens_per_step"])
+    return result
 
 
 def jaxtl_time_to_accuracy(args) -> dict:
@@ -206,7 +239,23 @@ def main():
     p.add_argument("--eval-every", type=int, default=33)
     p.add_argument("--target", type=float, default=0.80)
     p.add_argument("--quick", action="store_true", help="throughput only")
+    p.add_argument("--packing", action="store_true", help="jaxtl runs with data.packing: true")
+    p.add_argument("--padded-tokens", action="store_true",
+                   help="only count tokens per step of one demo epoch, packed vs unpacked")
+    p.add_argument("--set", action="append", default=[],
+                   help="with --padded-tokens: a demo config override, e.g. data.max_seq_length=128")
     args = p.parse_args()
+    if args.padded_tokens:
+        result = padded_tokens(args)
+        for name in ("unpacked", "packed"):
+            r = result[name]
+            print(f"{name:<9} {r['tokens_per_step']:8.1f} tokens/step, {r['real_fraction']:.1%} real, "
+                  f"{len(r['shapes'])} shapes {r['shapes']}")
+        print(f"packed / unpacked tokens per step: {result['packed_over_unpacked']:.3f}")
+        out = Path(__file__).parent / "results"
+        out.mkdir(exist_ok=True)
+        (out / "finetune_packing_tokens.json").write_text(json.dumps(result, indent=2) + "\n")
+        return
 
     import torch
 

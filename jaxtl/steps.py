@@ -37,17 +37,18 @@ def classification_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, Met
 
     ``batch["labels"]``: ``[B]`` int label ids (float targets for regression);
     ``batch["example_weight"]``: ``[B]`` 1 for real rows, 0 for padding rows. Returns the mean loss
-    over real rows and the metric sums.
+    over real rows and the metric sums. Packed batches have ``logits [R, P, C]`` and labels and
+    weights ``[R, P]`` (one per slot; 0 weight for an empty slot): the same sums and mean.
     """
-    weight_B = batch["example_weight"].astype(jnp.float32)
+    weight_B = batch["example_weight"].astype(jnp.float32).reshape(-1)
     count = weight_B.sum()
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(jnp.float32).reshape(-1, logits.shape[-1])
     if logits.shape[-1] == 1:
-        error_B = logits[:, 0] - batch["labels"].astype(jnp.float32)
+        error_B = logits[:, 0] - batch["labels"].astype(jnp.float32).reshape(-1)
         loss_sum = (jnp.square(error_B) * weight_B).sum()
         metrics = {"loss_sum": loss_sum, "count": count}
     else:
-        labels_B = batch["labels"].astype(jnp.int32)
+        labels_B = batch["labels"].astype(jnp.int32).reshape(-1)
         loss_sum = (optax.softmax_cross_entropy_with_integer_labels(logits, labels_B) * weight_B).sum()
         correct = ((logits.argmax(-1) == labels_B) * weight_B).sum()
         metrics = {"loss_sum": loss_sum, "count": count, "correct": correct}
@@ -201,7 +202,38 @@ class Task:
         )
 
 
-CLASSIFICATION = Task("classification", lambda outputs, batch: classification_loss(outputs["logits"], batch))
+def packed_attention_mask(segment_ids_BxL: jax.Array) -> jax.Array:
+    """The block-diagonal ``[B, L, L]`` mask of packed rows: a token attends to the tokens of its
+    own example (same segment id). Padding (segment 0) attends to padding, so no query row is
+    all-masked (NaN in some attention kernels); no real token sees it."""
+    return segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationTask(Task):
+    """Sequence classification on plain batches, or on packed ones (several examples per row,
+    ``ClassificationBatcher(packing=True)``): their ``segment_ids [R, L]`` become a
+    block-diagonal mask, ``position_ids [R, L]`` restart per example, and the head reads every
+    example's first token at ``cls_positions [R, P]`` -> ``logits [R, P, C]``."""
+
+    def forward(self, apply_fn, params, batch: Batch, *, deterministic: bool, rngs=None) -> dict:
+        if "segment_ids" not in batch:
+            return super().forward(apply_fn, params, batch, deterministic=deterministic, rngs=rngs)
+        return apply_fn(
+            {"params": params},
+            batch["input_ids"],
+            packed_attention_mask(batch["segment_ids"]),
+            batch["token_type_ids"],
+            deterministic=deterministic,
+            rngs=rngs,
+            position_ids=batch["position_ids"],
+            cls_positions=batch["cls_positions"],
+        )
+
+
+CLASSIFICATION = ClassificationTask(
+    "classification", lambda outputs, batch: classification_loss(outputs["logits"], batch)
+)
 MULTI_LABEL_CLASSIFICATION = Task(
     "multi_label_classification",
     lambda outputs, batch: multi_label_classification_loss(outputs["logits"], batch),

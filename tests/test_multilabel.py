@@ -283,6 +283,7 @@ def test_hf_dataset_lists_of_class_label_ids(tokenizer, monkeypatch):
 
 @pytest.mark.parametrize("data, message", [
     ({"multi_label": True, "regression": True}, "data.multi_label: true and data.regression"),
+    ({"multi_label": True, "packing": True}, "data.packing: true is not supported with data.multi_label"),
     ({"multi_label": True, "threshold": 1.0}, r"data.threshold=1.0 must be in \(0, 1\)"),
     ({"multi_label": True, "label_separator": ""}, "data.label_separator"),
     ({"threshold": 0.3}, "data.threshold=0.3 is only used with data.multi_label: true"),

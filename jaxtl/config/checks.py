@@ -142,6 +142,9 @@ def _validate_finetune_data(d: FinetuneDataConfig) -> None:
         if not d.label_separator:
             raise ConfigError("data.label_separator='' must be a non-empty string (e.g. ',' or '|')")
         _within("data.threshold", d.threshold, 0, 1, low_open=True)
+        if d.packing:
+            raise ConfigError("data.packing: true is not supported with data.multi_label: true "
+                              "(packed rows carry one label per example); set data.packing: false")
     else:
         _unused_unless("data", d, ("label_separator", "threshold"), "with data.multi_label: true")
     if d.labels is not None:

@@ -69,6 +69,11 @@ class FinetuneDataConfig:
     max_seq_length: int = 128  # longer inputs are truncated
     # Batches are padded only to the next of these lengths (a handful of shapes to compile).
     bucket_sizes: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256, 512])
+    # Training only: pack each batch's examples several to a row (of a bucket length; each example
+    # attends to itself only; same examples per step, same loss). Helps when texts are much
+    # shorter than max_seq_length (tweets, sentences) and bucketing leaves much padding; it
+    # compiles more shapes (row counts x lengths).
+    packing: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

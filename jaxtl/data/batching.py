@@ -20,7 +20,8 @@ global batch is filled up with padding rows whose ``example_weight`` is 0 and ``
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -53,6 +54,28 @@ def _eval_plan(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         chunk = order[start : start + batch_size]
         rows_B[: len(chunk)] = chunk
         yield rows_B
+
+
+def pack_first_fit_decreasing(lengths: Sequence[int], row_length: int, max_per_row: int) -> list[list[int]]:
+    """Examples packed into rows of ``row_length`` tokens: longest first (ties in index order),
+    each into the first row with room for its tokens and fewer than ``max_per_row`` examples,
+    else a new row. Returns each row's example indices (into ``lengths``) in placing order;
+    every example exactly once, none split. Deterministic."""
+    lengths = np.asarray(lengths, np.int64)
+    if len(lengths) and lengths.max() > row_length:
+        raise DataError(f"an example of {lengths.max()} tokens does not fit a row of {row_length}")
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in np.argsort(-lengths, kind="stable").tolist():
+        n = int(lengths[i])
+        r = next((r for r, free in enumerate(room) if free >= n and len(rows[r]) < max_per_row), None)
+        if r is None:
+            rows.append([i])
+            room.append(row_length - n)
+        else:
+            rows[r].append(i)
+            room[r] -= n
+    return rows
 
 
 class Batcher(abc.ABC):
@@ -99,6 +122,18 @@ class ClassificationBatcher(Batcher):
     [b] (int32, float32 for regression; float32 multi-hot [b, num_labels] for multi-label; only
     when the split has labels); ``example_weight`` [b]
     float32; evaluation batches also ``index``. Evaluation goes shortest first (tight padding).
+
+    With ``packing``, training batch ``step`` holds the same ``batch_size`` examples, packed
+    several to a row (:func:`pack_first_fit_decreasing`, at most :attr:`slots` per row). The row
+    count R is rounded up to a multiple of :attr:`row_quantum` (``batch_size // 8``, made
+    divisible by ``row_multiple`` — the batch shards — and the process count; added rows are all
+    padding), and the row length L is the one of ``bucket_sizes`` (up to ``max_seq_length``) that
+    gives the fewest R x L tokens: at most 8-9 row counts times the bucket lengths compile. Packed
+    batches hold int32 ``input_ids``, ``token_type_ids``, ``segment_ids`` (k+1 on the tokens of
+    the row's k-th example, 0 on padding: examples attend only within their segment) and
+    ``position_ids`` (each example counted from ``first_position``) [r, L]; ``cls_positions``
+    (where each example starts), ``labels`` and ``example_weight`` (0 for an empty slot)
+    [r, slots]. Evaluation is never packed.
     """
 
     def __init__(
@@ -110,6 +145,9 @@ class ClassificationBatcher(Batcher):
         bucket_sizes=(),
         process_index: int = 0,
         process_count: int = 1,
+        packing: bool = False,
+        row_multiple: int = 1,
+        first_position: int = 0,
     ):
         super().__init__(
             batch_size=batch_size, seed=seed,
@@ -125,6 +163,15 @@ class ClassificationBatcher(Batcher):
                 f"split's max_seq_length={longest}"
             )
         self._plan: tuple[int, np.ndarray] | None = None  # (epoch, plan): only the current epoch
+        self.packing = packing
+        self.first_position = first_position
+        self.process_index, self.process_count = process_index, process_count
+        # Slots per packed row: as many of the split's shortest examples as fit, so the slot
+        # bound never splits a batch into more rows than the tokens need; fixed per split (one
+        # label shape for the whole run).
+        shortest = int(self.lengths.min()) if len(split) else 1
+        self.slots = max(1, min(batch_size, longest // max(1, shortest)))
+        self.row_quantum = math.lcm(max(1, batch_size // 8), row_multiple, process_count)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -147,7 +194,8 @@ class ClassificationBatcher(Batcher):
                 f"{self.split.source}: training needs labels (column missing or hidden)"
             )
         epoch, index = divmod(step, self.steps_per_epoch)
-        return self._assemble(self._epoch_plan(epoch)[index])
+        rows_B = self._epoch_plan(epoch)[index]
+        return self._pack(rows_B) if self.packing else self._assemble(rows_B)
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
         for rows_B in _eval_plan(np.argsort(self.lengths, kind="stable"), self.batch_size):
@@ -212,6 +260,48 @@ class ClassificationBatcher(Batcher):
         if split.labels is not None:
             batch["labels"] = labels
         return batch
+
+    def _pack(self, rows_B: np.ndarray) -> dict[str, np.ndarray]:
+        """Global batch examples ``rows_B`` packed into rows; keep this process's rows."""
+        split, lengths, P, q = self.split, self.lengths, self.slots, self.row_quantum
+        # The row length: of the bucket lengths that fit the longest example, the one with the
+        # fewest tokens in all (ties: the shorter rows, less attention work).
+        candidates = []
+        for L in (b for b in self.buckets if b >= lengths[rows_B].max()):
+            packed = pack_first_fit_decreasing(lengths[rows_B], L, P)
+            R = -(-len(packed) // q) * q
+            candidates.append((R * L, L, R, packed))
+        _, L, R, packed = min(candidates, key=lambda c: c[:2])
+        input_ids = np.full((R, L), split.pad_id, np.int32)
+        token_type_ids = np.zeros((R, L), np.int32)
+        segment_ids = np.zeros((R, L), np.int32)
+        position_ids = np.zeros((R, L), np.int32)
+        cls_positions = np.zeros((R, P), np.int32)
+        regression = split.labels.dtype == np.float32
+        labels = np.zeros((R, P), np.float32 if regression else np.int32)
+        weight = np.zeros((R, P), np.float32)
+        for r, members in enumerate(packed):
+            start = 0
+            for k, member in enumerate(members):
+                example = rows_B[member]
+                n = lengths[example]
+                tokens = slice(start, start + n)
+                input_ids[r, tokens] = split.input_ids[example]
+                token_type_ids[r, tokens] = split.token_type_ids[example]
+                segment_ids[r, tokens] = k + 1
+                position_ids[r, tokens] = np.arange(self.first_position, self.first_position + n)
+                cls_positions[r, k] = start
+                labels[r, k] = split.labels[example]
+                weight[r, k] = 1.0
+                start += n
+        local = R // self.process_count
+        mine = slice(self.process_index * local, (self.process_index + 1) * local)
+        batch = {
+            "input_ids": input_ids, "token_type_ids": token_type_ids, "segment_ids": segment_ids,
+            "position_ids": position_ids, "cls_positions": cls_positions, "labels": labels,
+            "example_weight": weight,
+        }
+        return {key: value[mine] for key, value in batch.items()}
 
 
 # ---------------------------------------------------------------------------- pretraining

@@ -57,6 +57,10 @@ class FamilySpec:
     architectures_by_model_type: dict[str, dict[str | None, str]] = dataclasses.field(
         default_factory=dict)
 
+    # config -> the position id of a sequence's first token (RoBERTa counts from pad_token_id + 1);
+    # packed rows (several examples in one row) restart every example's positions there.
+    first_position: Callable[[Any], int] = lambda config: 0
+
     def _generic(self, head):
         """The registry's shared head ``head`` if this family can build it, else None."""
         if head in self.models or self.trunk_module is None:

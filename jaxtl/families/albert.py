@@ -45,7 +45,7 @@ import flax.linen as nn
 
 from jaxtl.errors import ConfigError
 from jaxtl.families import FamilySpec, register
-from jaxtl.families.bert import BertEmbeddings, gather_positions, tied_decoder
+from jaxtl.families.bert import BertEmbeddings, first_token, gather_positions, tied_decoder
 from jaxtl.families.layers import (
     ACTIVATIONS, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
     constrain, dense, flatten_choices, layer_norm,
@@ -242,8 +242,9 @@ class AlbertTrunk(nn.Module):
             self.pooler = dense(c, c.hidden_size, ("embed", "mlp"), "pooler")
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
-                 position_ids=None):
-        """Returns ``(last_hidden_state [B, L, D], pooler_output [B, D] or None)``."""
+                 position_ids=None, cls_positions=None):
+        """Returns ``(last_hidden_state [B, L, D], pooler_output [B, D] or None)``; the pooler
+        output is ``[B, P, D]`` at ``cls_positions [B, P]`` when they are given (packed rows)."""
         check_length(self.config, input_ids)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -251,7 +252,8 @@ class AlbertTrunk(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         x_BxLxE = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         x_BxLxD = self.encoder(x_BxLxE, as_attention_mask(attention_mask), deterministic)
-        pooled_BxD = jnp.tanh(self.pooler(x_BxLxD[:, 0])) if self.add_pooler else None
+        first_BxD = first_token(x_BxLxD, cls_positions)
+        pooled_BxD = jnp.tanh(self.pooler(first_BxD)) if self.add_pooler else None
         return x_BxLxD, pooled_BxD
 
 
@@ -318,16 +320,17 @@ class AlbertForPreTraining(nn.Module):
 
 
 class AlbertForSequenceClassification(nn.Module):
-    """pooler -> dropout (``classifier_dropout``) -> ``classifier``; one label means regression."""
+    """pooler -> dropout (``classifier_dropout``) -> ``classifier``; one label means regression.
+    With ``cls_positions [B, P]`` (packed rows) ``logits`` are ``[B, P, num_labels]``."""
 
     config: AlbertConfig
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
-                 position_ids=None):
+                 position_ids=None, cls_positions=None):
         c = self.config
         _, pooled_BxD = AlbertTrunk(c, name="albert")(
-            input_ids, attention_mask, token_type_ids, deterministic, position_ids
+            input_ids, attention_mask, token_type_ids, deterministic, position_ids, cls_positions
         )
         pooled_BxD = nn.Dropout(c.classifier_dropout_rate)(pooled_BxD, deterministic=deterministic)
         return {"logits": dense(c, c.num_labels, ("embed", None), "classifier")(pooled_BxD)}

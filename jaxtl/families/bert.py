@@ -231,12 +231,15 @@ class BertEncoder(nn.Module):
 
 
 class BertPooler(nn.Module):
+    """tanh(dense) of the first token ``[B, D]``, or of ``cls_positions [B, P]`` (packed rows:
+    each example's [CLS]) -> ``[B, P, D]``."""
+
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD):
+    def __call__(self, x_BxLxD, cls_positions_BxP=None):
         c = self.config
-        cls_BxD = x_BxLxD[:, 0]
+        cls_BxD = first_token(x_BxLxD, cls_positions_BxP)
         return jnp.tanh(dense(c, c.hidden_size, ("embed", "mlp"), "dense")(cls_BxD))
 
 
@@ -253,8 +256,9 @@ class BertTrunk(nn.Module):
             self.pooler = BertPooler(self.config)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
-                 position_ids=None):
-        """Returns ``(last_hidden_state [B, L, D], pooler_output [B, D] or None)``."""
+                 position_ids=None, cls_positions=None):
+        """Returns ``(last_hidden_state [B, L, D], pooler_output [B, D] or None)``; the pooler
+        output is ``[B, P, D]`` at ``cls_positions [B, P]`` when they are given (packed rows)."""
         check_length(self.config, input_ids)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -262,7 +266,7 @@ class BertTrunk(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         x_BxLxD = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         x_BxLxD = self.encoder(x_BxLxD, as_attention_mask(attention_mask), deterministic)
-        pooled_BxD = self.pooler(x_BxLxD) if self.add_pooler else None
+        pooled_BxD = self.pooler(x_BxLxD, cls_positions) if self.add_pooler else None
         return x_BxLxD, pooled_BxD
 
 
@@ -326,6 +330,15 @@ def gather_positions(hidden_BxLxD, masked_positions_BxP):
     return jnp.take_along_axis(hidden_BxLxD, masked_positions_BxP[..., None], axis=1)
 
 
+def first_token(hidden_BxLxD, cls_positions_BxP=None):
+    """The hidden state a sequence-classification head reads: the first token ``[B, D]``, or
+    with ``cls_positions [B, P]`` (packed rows, several examples each) every example's first
+    token ``[B, P, D]``."""
+    if cls_positions_BxP is None:
+        return hidden_BxLxD[:, 0]
+    return gather_positions(hidden_BxLxD, cls_positions_BxP)
+
+
 class BertPreTrainingHeads(nn.Module):
     config: BertConfig
 
@@ -359,16 +372,17 @@ class BertForPreTraining(nn.Module):
 
 
 class BertForSequenceClassification(nn.Module):
-    """pooler -> dropout -> dense; one label means regression (HF's ``num_labels=1``)."""
+    """pooler -> dropout -> dense; one label means regression (HF's ``num_labels=1``).
+    With ``cls_positions [B, P]`` (packed rows) ``logits`` are ``[B, P, num_labels]``."""
 
     config: BertConfig
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
-                 position_ids=None):
+                 position_ids=None, cls_positions=None):
         c = self.config
         _, pooled_BxD = BertTrunk(c, name="bert")(
-            input_ids, attention_mask, token_type_ids, deterministic, position_ids
+            input_ids, attention_mask, token_type_ids, deterministic, position_ids, cls_positions
         )
         rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
         pooled_BxD = nn.Dropout(rate)(pooled_BxD, deterministic=deterministic)

@@ -39,7 +39,7 @@ import flax.linen as nn
 
 from jaxtl.errors import ConfigError
 from jaxtl.families import FamilySpec, register
-from jaxtl.families.bert import BertLayerCollection, gather_positions, tied_decoder
+from jaxtl.families.bert import BertLayerCollection, first_token, gather_positions, tied_decoder
 from jaxtl.families.layers import (
     ACTIVATIONS, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
     constrain, dense, embed, flatten_choices, init_normal, layer_norm, partitioned,
@@ -320,18 +320,20 @@ class DistilBertForMaskedLM(nn.Module):
 
 class DistilBertForSequenceClassification(nn.Module):
     """First token -> pre_classifier -> ReLU -> dropout(classifier_dropout) -> classifier;
-    one label means regression."""
+    one label means regression. With ``cls_positions [B, P]`` (packed rows) every example's
+    first token -> ``logits [B, P, num_labels]``."""
 
     config: DistilBertConfig
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
-                 position_ids=None):
+                 position_ids=None, cls_positions=None):
         c = self.config
         hidden_BxLxD = DistilBertTrunk(c, name="distilbert")(
             input_ids, attention_mask, token_type_ids, deterministic, position_ids
         )
-        first_BxD = dense(c, c.hidden_size, ("embed", "mlp"), "pre_classifier")(hidden_BxLxD[:, 0])
+        first_BxD = dense(c, c.hidden_size, ("embed", "mlp"), "pre_classifier")(
+            first_token(hidden_BxLxD, cls_positions))
         rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
         first_BxD = nn.Dropout(rate)(nn.relu(first_BxD), deterministic=deterministic)
         logits = dense(c, c.num_labels, ("mlp", None), "classifier")(first_BxD)

@@ -36,7 +36,7 @@ import flax.linen as nn
 
 from jaxtl.errors import ConfigError
 from jaxtl.families import FamilySpec, register
-from jaxtl.families.bert import UNSUPPORTED_HF_FIELDS, BertEmbeddings, BertEncoder
+from jaxtl.families.bert import UNSUPPORTED_HF_FIELDS, BertEmbeddings, BertEncoder, first_token
 from jaxtl.families.layers import (
     ACTIVATIONS, as_attention_mask, check_common, check_length, config_from_hf, config_to_hf,
     constrain, dense, flatten_choices,
@@ -196,10 +196,10 @@ class ElectraClassificationHead(nn.Module):
     config: ElectraConfig
 
     @nn.compact
-    def __call__(self, hidden_BxLxD, deterministic):
+    def __call__(self, hidden_BxLxD, deterministic, cls_positions_BxP=None):
         c = self.config
         rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
-        x_BxD = nn.Dropout(rate)(hidden_BxLxD[:, 0], deterministic=deterministic)
+        x_BxD = nn.Dropout(rate)(first_token(hidden_BxLxD, cls_positions_BxP), deterministic=deterministic)
         x_BxD = dense(c, c.hidden_size, ("embed", "mlp"), "dense")(x_BxD)
         # Exact GELU whatever hidden_act is: HF hard-codes get_activation("gelu") here.
         x_BxD = ACTIVATIONS["gelu"](x_BxD)
@@ -208,18 +208,20 @@ class ElectraClassificationHead(nn.Module):
 
 
 class ElectraForSequenceClassification(nn.Module):
-    """HF's ``ElectraForSequenceClassification``; one label means regression."""
+    """HF's ``ElectraForSequenceClassification``; one label means regression. With
+    ``cls_positions [B, P]`` (packed rows) ``logits`` are ``[B, P, num_labels]``."""
 
     config: ElectraConfig
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
-                 position_ids=None):
+                 position_ids=None, cls_positions=None):
         c = self.config
         hidden_BxLxD = ElectraTrunk(c, name="electra")(
             input_ids, attention_mask, token_type_ids, deterministic, position_ids
         )
-        logits = ElectraClassificationHead(c, name="classifier")(hidden_BxLxD, deterministic)
+        logits = ElectraClassificationHead(c, name="classifier")(hidden_BxLxD, deterministic,
+                                                                 cls_positions)
         return {"logits": logits}
 
 

@@ -38,7 +38,7 @@ import flax.linen as nn
 
 from jaxtl.errors import ConfigError
 from jaxtl.families import FamilySpec, register
-from jaxtl.families.bert import BertTrunk, gather_positions, layer_depth, tied_decoder
+from jaxtl.families.bert import BertTrunk, first_token, gather_positions, layer_depth, tied_decoder
 from jaxtl.families.layers import (
     ACTIVATIONS, check_common, config_from_hf, config_to_hf, dense, flatten_choices, layer_norm,
 )
@@ -212,31 +212,34 @@ class RobertaForMaskedLM(nn.Module):
 
 
 class RobertaClassificationHead(nn.Module):
-    """<s> token -> dropout -> dense -> tanh -> dropout -> out_proj (HF ``classifier``)."""
+    """<s> token -> dropout -> dense -> tanh -> dropout -> out_proj (HF ``classifier``); every
+    example's <s> at ``cls_positions [B, P]`` (packed rows) -> ``[B, P, num_labels]``."""
 
     config: RobertaConfig
 
     @nn.compact
-    def __call__(self, hidden_BxLxD, deterministic):
+    def __call__(self, hidden_BxLxD, deterministic, cls_positions_BxP=None):
         c = self.config
         rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
-        x_BxD = nn.Dropout(rate)(hidden_BxLxD[:, 0], deterministic=deterministic)
+        x_BxD = nn.Dropout(rate)(first_token(hidden_BxLxD, cls_positions_BxP), deterministic=deterministic)
         x_BxD = jnp.tanh(dense(c, c.hidden_size, ("embed", "mlp"), "dense")(x_BxD))
         x_BxD = nn.Dropout(rate)(x_BxD, deterministic=deterministic)
         return dense(c, c.num_labels, ("mlp", None), "out_proj")(x_BxD)
 
 
 class RobertaForSequenceClassification(nn.Module):
-    """The classification head on the trunk (no pooler); one label means regression."""
+    """The classification head on the trunk (no pooler); one label means regression. Packed rows
+    pass ``position_ids`` (each example counted from ``pad_token_id + 1``) and ``cls_positions``."""
 
     config: RobertaConfig
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True,
-                 position_ids=None):
+                 position_ids=None, cls_positions=None):
         hidden_BxLxD, _ = run_trunk(roberta_trunk(self.config, add_pooler=False), input_ids,
                                     attention_mask, token_type_ids, deterministic, position_ids)
-        logits = RobertaClassificationHead(self.config, name="classifier")(hidden_BxLxD, deterministic)
+        logits = RobertaClassificationHead(self.config, name="classifier")(
+            hidden_BxLxD, deterministic, cls_positions)
         return {"logits": logits}
 
 
@@ -303,6 +306,7 @@ SPEC = register(FamilySpec(
     ),
     presets=PRESETS,
     pretraining_outputs=("mlm_logits",),
+    first_position=lambda config: config.pad_token_id + 1,
     trunk_module=lambda config, name: RobertaTrunk(config, add_pooler=False, name=name),
     hf_prefix="Roberta",
 ))

@@ -38,6 +38,24 @@ def head_labels(folder: Path, base, head_trained: bool, regression: bool, multi_
     return tuple(base.labels)
 
 
+def batch_shards(cfg: Config) -> int:
+    """The data x fsdp shards a global batch is split over (packed row counts are multiples)."""
+    from jaxtl import sharding
+
+    try:
+        data, fsdp, _ = sharding.mesh_shape(cfg.mesh, jax.device_count())
+    except ConfigError:  # a mesh over a subset of the devices (benchmarks): the loop checks it
+        return 1
+    return data * fsdp
+
+
+def real_tokens(batch: dict[str, np.ndarray]) -> int:
+    """Non-padding tokens of a batch, packed (``segment_ids``) or not."""
+    if "segment_ids" in batch:
+        return int((batch["segment_ids"] > 0).sum())
+    return int(batch["attention_mask"].sum())
+
+
 def setup(cfg: Config) -> Setup:
     from jaxtl.data import classification as cls_data
     from jaxtl.data.batching import ClassificationBatcher
@@ -72,7 +90,10 @@ def setup(cfg: Config) -> Setup:
     eval_batch = t.eval_batch_size or 2 * t.batch_size
     batching = dict(bucket_sizes=d.bucket_sizes, seed=t.seed,
                   process_index=jax.process_index(), process_count=jax.process_count())
-    train_batches = ClassificationBatcher(data.train, batch_size=micro, **batching)
+    train_batches = ClassificationBatcher(
+        data.train, batch_size=micro, packing=d.packing, row_multiple=batch_shards(cfg),
+        first_position=family.first_position(config), **batching,
+    )
 
     def make_eval(split) -> EvalSet:
         def finish(outputs, index):
@@ -95,7 +116,7 @@ def setup(cfg: Config) -> Setup:
         pretrained=pretrained,
         train_batch=train_batches.train_batch,
         steps_per_epoch=train_batches.steps_per_epoch,
-        tokens_per_batch=lambda b: int(b["attention_mask"].sum()),
+        tokens_per_batch=real_tokens,
         eval_sets=eval_sets,
         best_metric=head_spec.best_metric(config),
         flops_per_batch=common.flops_counter(config, head),
