@@ -265,6 +265,7 @@ class MultipleChoiceBatcher(ClassificationBatcher):
         self.buckets = sorted({int(b) for b in bucket_sizes if b <= longest} | {longest})
         self.lengths = np.fromiter((x.shape[1] for x in split.input_ids), np.int64, len(split))
         self._plan = None
+        self.packing = False  # ClassificationBatcher's packing is per example, not per choice set
 
     def _assemble(self, rows_B: np.ndarray) -> dict[str, np.ndarray]:
         split, lengths = self.split, self.lengths
