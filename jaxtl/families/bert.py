@@ -28,7 +28,7 @@ import flax.linen as nn
 from jaxtl.families import FamilySpec, register
 from jaxtl.families.layers import (
     ACTIVATIONS, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
-    constrain, dense, embed, flatten_choices, layer_norm, partitioned,
+    constrain, dense, embed, flatten_choices, layer_norm, lookup, partitioned,
 )
 
 # Hugging Face config fields jaxtl does not implement; a checkpoint that sets them to anything but
@@ -117,9 +117,11 @@ class BertEmbeddings(nn.Module):
             # shards cleanly.
             positions = self.position_embeddings.embedding[None, :L].astype(self.config.dtype)
         else:
-            positions = self.position_embeddings(position_ids_BxL)
+            # RoBERTa's position table has a padding row too (its padding tokens' position).
+            positions = lookup(self.position_embeddings, position_ids_BxL,
+                               getattr(self.config, "positions_padding_idx", None))
         x_BxLxD = (
-            self.word_embeddings(input_ids_BxL) + positions
+            lookup(self.word_embeddings, input_ids_BxL, self.config.pad_token_id) + positions
             + self.token_type_embeddings(token_type_ids_BxL)
         )
         x_BxLxD = self.LayerNorm(x_BxLxD)

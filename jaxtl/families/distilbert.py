@@ -42,7 +42,7 @@ from jaxtl.families import FamilySpec, register
 from jaxtl.families.bert import BertLayerCollection, first_token, gather_positions, tied_decoder
 from jaxtl.families.layers import (
     ACTIVATIONS, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
-    constrain, dense, embed, flatten_choices, init_normal, layer_norm, partitioned,
+    constrain, dense, embed, flatten_choices, init_normal, layer_norm, lookup, partitioned,
 )
 
 # Hugging Face DistilBertConfig field -> jaxtl's standard field name.
@@ -177,7 +177,8 @@ class DistilBertEmbeddings(nn.Module):
             positions = self.position_embeddings.embedding[None, :L].astype(self.config.dtype)
         else:
             positions = self.position_embeddings(position_ids_BxL)
-        x_BxLxD = self.LayerNorm(self.word_embeddings(input_ids_BxL) + positions)
+        words = lookup(self.word_embeddings, input_ids_BxL, self.config.pad_token_id)
+        x_BxLxD = self.LayerNorm(words + positions)
         x_BxLxD = self.dropout(x_BxLxD, deterministic=deterministic)
         return constrain(x_BxLxD, ("batch", "length", "embed"))
 

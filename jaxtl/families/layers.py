@@ -155,6 +155,17 @@ def embed(config, num: int, features: int, axes, name: str | None = None) -> nn.
     )
 
 
+def lookup(table: nn.Embed, ids_BxL: jax.Array, padding_idx: int | None) -> jax.Array:
+    """``table(ids)`` as HF's ``nn.Embedding(padding_idx=...)`` computes it: the padding row is
+    read as usual, but the lookup sends it no gradient, so fine-tuning never moves it through
+    padded positions (heads that read every position, such as QA's, would otherwise). A tied
+    decoder that uses the whole table still trains the row, as in HF."""
+    x = table(ids_BxL)
+    if padding_idx is None:
+        return x
+    return jnp.where((ids_BxL == padding_idx)[..., None], jax.lax.stop_gradient(x), x)
+
+
 def as_attention_mask(attention_mask_BxL) -> jax.Array:
     """A ``[B, L]`` padding mask, or a ``[B, L, L]`` one (packed rows: block-diagonal), as the
     ``[B, 1, Lq, Lk]`` boolean mask :func:`attend` takes."""

@@ -106,6 +106,11 @@ class RobertaConfig:
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def positions_padding_idx(self) -> int:
+        """HF's position table has ``padding_idx=pad_token_id`` (the padding tokens' position)."""
+        return self.pad_token_id
+
+    @property
     def max_tokens(self) -> int:
         """The longest sequence the position table holds (512 for 514 positions)."""
         return self.max_position_embeddings - self.pad_token_id - 1
