@@ -33,7 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 
 
-def jaxtl(*args: str) -> None:
+def run_cli(*args: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     subprocess.run([sys.executable, "-m", "jaxtl.cli", *args], check=True, env=env,
                    stdout=subprocess.DEVNULL)
@@ -78,7 +78,7 @@ def main():
                   "eval_every": args.tapt_steps, "seed": 0, "progress": False},
     }))
     t = time.time()
-    jaxtl("pretrain", "--config", str(tapt_config), "--workdir", str(root / "tapt"), "--overwrite")
+    run_cli("pretrain", "--config", str(tapt_config), "--workdir", str(root / "tapt"), "--overwrite")
     lines = [json.loads(x) for x in (root / "tapt" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in lines if r["split"] == "validation"]
     record["tapt"] = {"seconds": time.time() - t, "steps": args.tapt_steps,
@@ -92,7 +92,7 @@ def main():
         for arm, start in (("direct", demo.model.pretrained), ("tapt", str(root / "tapt" / "final"))):
             workdir = root / f"{arm}-seed{seed}"
             t = time.time()
-            jaxtl("finetune", "--config", str(REPO / "configs" / "demo_finetune.yaml"), "--workdir",
+            run_cli("finetune", "--config", str(REPO / "configs" / "demo_finetune.yaml"), "--workdir",
                   str(workdir), "--overwrite", "--set", f"train.seed={seed}",
                   "--set", f"model.pretrained={start}", "--set", "train.progress=false")
             final = json.loads((workdir / "eval_results.json").read_text())
