@@ -61,12 +61,7 @@ def setup(cfg: Config) -> Setup:
     from jaxtl.data.batching import ClassificationBatcher
 
     d, t = cfg.data, cfg.train
-    folder = hf.resolve(cfg.model.pretrained)
-    tokenizer_folder = hf.resolve(cfg.model.tokenizer) if cfg.model.tokenizer else folder
-    tokenizer = hf.tokenizer(tokenizer_folder)
-    family = hf.family_of(folder)
-    base = hf.load_config(folder)
-    common.check_vocab(tokenizer, base, str(tokenizer_folder))
+    folder, tokenizer_folder, tokenizer, family, base = common.checkpoint_start(cfg)
     head = "classification"
     head_spec = heads.get(head)
     try:

@@ -29,6 +29,19 @@ def check_vocab(tokenizer, config, source: str) -> None:
         )
 
 
+def checkpoint_start(cfg: Config):
+    """What every fine-tuning recipe starts from: ``(folder, tokenizer_folder, tokenizer,
+    family, base_config)`` of ``model.pretrained`` (and ``model.tokenizer`` when set), with the
+    tokenizer checked against the model's vocabulary."""
+    folder = hf.resolve(cfg.model.pretrained)
+    tokenizer_folder = hf.resolve(cfg.model.tokenizer) if cfg.model.tokenizer else folder
+    tokenizer = hf.tokenizer(tokenizer_folder)
+    family = hf.family_of(folder)
+    base = hf.load_config(folder)
+    check_vocab(tokenizer, base, str(tokenizer_folder))
+    return folder, tokenizer_folder, tokenizer, family, base
+
+
 def generic_labels(labels) -> bool:
     """``LABEL_0 ... LABEL_N``: the names HF (and ``jaxtl convert --num-labels``) give unnamed labels."""
     return all(label == f"LABEL_{i}" for i, label in enumerate(labels))

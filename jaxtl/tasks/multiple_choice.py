@@ -38,12 +38,7 @@ def setup(cfg: Config) -> Setup:
     from jaxtl.data import multiple_choice as mc_data
 
     d, t = cfg.data, cfg.train
-    folder = hf.resolve(cfg.model.pretrained)
-    tokenizer_folder = hf.resolve(cfg.model.tokenizer) if cfg.model.tokenizer else folder
-    tokenizer = hf.tokenizer(tokenizer_folder)
-    family = hf.family_of(folder)
-    base = hf.load_config(folder)
-    common.check_vocab(tokenizer, base, str(tokenizer_folder))
+    folder, tokenizer_folder, tokenizer, family, base = common.checkpoint_start(cfg)
     head_spec = heads.get(HEAD)
     data = mc_data.load_multiple_choice_data(d, tokenizer, max_positions=base.max_position_embeddings)
     if data.train is None or len(data.train) == 0:

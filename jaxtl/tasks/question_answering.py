@@ -119,12 +119,7 @@ def setup(cfg: Config) -> Setup:
     from jaxtl.data.question_answering import QABatcher
 
     d, t = cfg.data, cfg.train
-    folder = hf.resolve(cfg.model.pretrained)
-    tokenizer_folder = hf.resolve(cfg.model.tokenizer) if cfg.model.tokenizer else folder
-    tokenizer = hf.tokenizer(tokenizer_folder)
-    family = hf.family_of(folder)
-    base = hf.load_config(folder)
-    common.check_vocab(tokenizer, base, str(tokenizer_folder))
+    folder, tokenizer_folder, tokenizer, family, base = common.checkpoint_start(cfg)
     _check_length(d, base.max_position_embeddings)
     head_spec = heads.get(HEAD)
     train_examples, train_source, validation_examples, validation_source = _load_examples(d)

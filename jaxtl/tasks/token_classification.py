@@ -71,15 +71,10 @@ def setup(cfg: Config) -> Setup:
     from jaxtl.data import token_classification as tok_data
 
     d, t = cfg.data, cfg.train
-    folder = hf.resolve(cfg.model.pretrained)
-    tokenizer_folder = hf.resolve(cfg.model.tokenizer) if cfg.model.tokenizer else folder
-    tokenizer = hf.tokenizer(tokenizer_folder)
+    folder, tokenizer_folder, tokenizer, family, base = common.checkpoint_start(cfg)
     if not getattr(tokenizer, "is_fast", False):
         raise DataError(f"token classification needs a fast tokenizer (word_ids); "
                         f"{tokenizer_folder} gives {type(tokenizer).__name__}")
-    family = hf.family_of(folder)
-    base = hf.load_config(folder)
-    common.check_vocab(tokenizer, base, str(tokenizer_folder))
     head_spec = heads.get(HEAD)
     data = tok_data.load_token_classification_data(
         d, tokenizer, max_positions=base.max_position_embeddings, labels=_trained_labels(folder, base),
