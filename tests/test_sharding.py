@@ -517,3 +517,14 @@ def test_bf16_compute_runs_sharded_and_keeps_fp32_params():
     assert run.losses != fp32.losses
     word = run.state.params["bert"]["embeddings"]["word_embeddings"]["embedding"]
     assert word.sharding.spec == P("tensor", "fsdp")
+
+
+@pytest.mark.parametrize("mesh_name", ["8x1x1", "2x2x2"])
+def test_dropout_masks_do_not_depend_on_the_mesh(mesh_name):
+    """With dropout on, every mesh draws the same masks: ``layers.keep_mask`` counts over the
+    global element index, so each shard hashes its own slice of the one global mask."""
+    on = dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    ref = train_on_mesh("classification", "1x1x1", **on)
+    assert ref.losses != train_on_mesh("classification", "1x1x1").losses  # dropout acted
+    run = train_on_mesh("classification", mesh_name, **on)
+    assert_same_run(run.losses, run.params, ref.losses, ref.params, f"dropout on {mesh_name}")

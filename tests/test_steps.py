@@ -68,7 +68,7 @@ def test_train_step_golden_values(real_batch):
     for _ in range(2):
         state, metrics = step(state, batch, jax.random.key(42))
         losses.append(float(metrics["loss_sum"] / metrics["count"]))
-    golden = [0.6938419938087463, 0.6939175128936768]
+    golden = [0.6927602291107178, 0.6939892768859863]  # jaxtl dropout masks (layers.keep_mask)
     np.testing.assert_allclose(losses, golden, rtol=2e-5, err_msg=(
         f"train-step losses drifted from the golden values: got {losses}, expected {golden}"))
 

@@ -47,7 +47,7 @@ from jaxtl.errors import ConfigError
 from jaxtl.families import FamilySpec, register
 from jaxtl.families.bert import BertEmbeddings, first_token, gather_positions, tied_decoder
 from jaxtl.families.layers import (
-    ACTIVATIONS, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
+    ACTIVATIONS, Dropout, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
     constrain, dense, flatten_choices, layer_norm,
 )
 
@@ -156,10 +156,10 @@ class AlbertAttention(nn.Module):
         out_BxLxHxK = attend(
             heads("query"), heads("key"), heads("value"), mask_Bx1xLxL,
             dropout_rate=c.attention_probs_dropout_prob, deterministic=deterministic,
-            dropout_module=nn.Dropout(c.attention_probs_dropout_prob),
+            dropout_module=Dropout(c.attention_probs_dropout_prob),
         )
         h_BxLxD = dense(c, c.hidden_size, ("heads", "embed"), "dense")(out_BxLxHxK.reshape(B, L, H * K))
-        h_BxLxD = nn.Dropout(c.hidden_dropout_prob)(h_BxLxD, deterministic=deterministic)
+        h_BxLxD = Dropout(c.hidden_dropout_prob)(h_BxLxD, deterministic=deterministic)
         return constrain(layer_norm(c)(x_BxLxD + h_BxLxD), ("batch", "length", "embed"))
 
 
@@ -292,7 +292,7 @@ class AlbertSOPHead(nn.Module):
     @nn.compact
     def __call__(self, pooled_BxD, deterministic):
         c = self.config
-        pooled_BxD = nn.Dropout(c.classifier_dropout_rate)(pooled_BxD, deterministic=deterministic)
+        pooled_BxD = Dropout(c.classifier_dropout_rate)(pooled_BxD, deterministic=deterministic)
         return dense(c, c.num_labels, ("embed", None), "classifier")(pooled_BxD)
 
 
@@ -332,7 +332,7 @@ class AlbertForSequenceClassification(nn.Module):
         _, pooled_BxD = AlbertTrunk(c, name="albert")(
             input_ids, attention_mask, token_type_ids, deterministic, position_ids, cls_positions
         )
-        pooled_BxD = nn.Dropout(c.classifier_dropout_rate)(pooled_BxD, deterministic=deterministic)
+        pooled_BxD = Dropout(c.classifier_dropout_rate)(pooled_BxD, deterministic=deterministic)
         return {"logits": dense(c, c.num_labels, ("embed", None), "classifier")(pooled_BxD)}
 
 
@@ -349,7 +349,7 @@ class AlbertForMultipleChoice(nn.Module):
         num_choices, rows = flatten_choices(input_ids, attention_mask, token_type_ids, position_ids)
         ids, mask, types, positions = rows
         _, pooled_NxD = AlbertTrunk(c, name="albert")(ids, mask, types, deterministic, positions)
-        pooled_NxD = nn.Dropout(c.classifier_dropout_rate)(pooled_NxD, deterministic=deterministic)
+        pooled_NxD = Dropout(c.classifier_dropout_rate)(pooled_NxD, deterministic=deterministic)
         scores_Nx1 = dense(c, 1, ("embed", None), "classifier")(pooled_NxD)
         return {"logits": scores_Nx1.reshape(-1, num_choices)}
 

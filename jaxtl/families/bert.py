@@ -27,7 +27,7 @@ import flax.linen as nn
 
 from jaxtl.families import FamilySpec, register
 from jaxtl.families.layers import (
-    ACTIVATIONS, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
+    ACTIVATIONS, Dropout, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
     constrain, dense, embed, flatten_choices, layer_norm, lookup, partitioned,
 )
 
@@ -108,7 +108,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = embed(c, c.max_position_embeddings, E, (None, "embed"))
         self.token_type_embeddings = embed(c, c.type_vocab_size, E, (None, "embed"))
         self.LayerNorm = layer_norm(c)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
 
     def __call__(self, input_ids_BxL, token_type_ids_BxL, position_ids_BxL, deterministic):
         L = input_ids_BxL.shape[1]
@@ -145,7 +145,7 @@ class BertSelfAttention(nn.Module):
         out_BxLxHxK = attend(
             heads("query"), heads("key"), heads("value"), mask_Bx1xLxL,
             dropout_rate=c.attention_probs_dropout_prob, deterministic=deterministic,
-            dropout_module=nn.Dropout(c.attention_probs_dropout_prob),
+            dropout_module=Dropout(c.attention_probs_dropout_prob),
         )
         return out_BxLxHxK.reshape(B, L, H * K)
 
@@ -159,7 +159,7 @@ class BertResidual(nn.Module):
     def setup(self):
         c = self.config
         self.dense = dense(c, c.hidden_size, self.axes, "dense")
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
         self.LayerNorm = layer_norm(c)
 
     def __call__(self, h, residual_BxLxD, deterministic):
@@ -387,7 +387,7 @@ class BertForSequenceClassification(nn.Module):
             input_ids, attention_mask, token_type_ids, deterministic, position_ids, cls_positions
         )
         rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
-        pooled_BxD = nn.Dropout(rate)(pooled_BxD, deterministic=deterministic)
+        pooled_BxD = Dropout(rate)(pooled_BxD, deterministic=deterministic)
         logits = dense(c, c.num_labels, ("embed", None), "classifier")(pooled_BxD)
         return {"logits": logits}
 
@@ -407,7 +407,7 @@ class BertForMultipleChoice(nn.Module):
         ids, mask, types, positions = rows
         _, pooled_NxD = BertTrunk(c, name="bert")(ids, mask, types, deterministic, positions)
         rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
-        pooled_NxD = nn.Dropout(rate)(pooled_NxD, deterministic=deterministic)
+        pooled_NxD = Dropout(rate)(pooled_NxD, deterministic=deterministic)
         scores_Nx1 = dense(c, 1, ("embed", None), "classifier")(pooled_NxD)
         return {"logits": scores_Nx1.reshape(-1, num_choices)}
 

@@ -41,7 +41,7 @@ from jaxtl.errors import ConfigError
 from jaxtl.families import FamilySpec, register
 from jaxtl.families.bert import BertLayerCollection, first_token, gather_positions, tied_decoder
 from jaxtl.families.layers import (
-    ACTIVATIONS, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
+    ACTIVATIONS, Dropout, as_attention_mask, attend, check_common, check_length, config_from_hf, config_to_hf,
     constrain, dense, embed, flatten_choices, init_normal, layer_norm, lookup, partitioned,
 )
 
@@ -168,7 +168,7 @@ class DistilBertEmbeddings(nn.Module):
             embedding_init=partitioned(position_init, (None, "embed")),
         )
         self.LayerNorm = layer_norm(c)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
 
     def __call__(self, input_ids_BxL, position_ids_BxL, deterministic):
         L = input_ids_BxL.shape[1]
@@ -201,7 +201,7 @@ class DistilBertSelfAttention(nn.Module):
         out_BxLxHxK = attend(
             heads("q_lin"), heads("k_lin"), heads("v_lin"), mask_Bx1xLxL,
             dropout_rate=c.attention_probs_dropout_prob, deterministic=deterministic,
-            dropout_module=nn.Dropout(c.attention_probs_dropout_prob),
+            dropout_module=Dropout(c.attention_probs_dropout_prob),
         )
         return dense(c, c.hidden_size, ("heads", "embed"), "out_lin")(out_BxLxHxK.reshape(B, L, H * K))
 
@@ -217,7 +217,7 @@ class DistilBertFFN(nn.Module):
         h_BxLxF = ACTIVATIONS[c.hidden_act](dense(c, c.intermediate_size, ("embed", "mlp"), "lin1")(x_BxLxD))
         h_BxLxF = constrain(h_BxLxF, ("batch", "length", "mlp"))
         h_BxLxD = dense(c, c.hidden_size, ("mlp", "embed"), "lin2")(h_BxLxF)
-        return nn.Dropout(c.hidden_dropout_prob)(h_BxLxD, deterministic=deterministic)
+        return Dropout(c.hidden_dropout_prob)(h_BxLxD, deterministic=deterministic)
 
 
 class DistilBertTransformerBlock(nn.Module):
@@ -336,7 +336,7 @@ class DistilBertForSequenceClassification(nn.Module):
         first_BxD = dense(c, c.hidden_size, ("embed", "mlp"), "pre_classifier")(
             first_token(hidden_BxLxD, cls_positions))
         rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
-        first_BxD = nn.Dropout(rate)(nn.relu(first_BxD), deterministic=deterministic)
+        first_BxD = Dropout(rate)(nn.relu(first_BxD), deterministic=deterministic)
         logits = dense(c, c.num_labels, ("mlp", None), "classifier")(first_BxD)
         return {"logits": logits}
 
@@ -357,7 +357,7 @@ class DistilBertForMultipleChoice(nn.Module):
         hidden_NxLxD = DistilBertTrunk(c, name="distilbert")(ids, mask, types, deterministic, positions)
         first_NxD = dense(c, c.hidden_size, ("embed", "mlp"), "pre_classifier")(hidden_NxLxD[:, 0])
         rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
-        first_NxD = nn.Dropout(rate)(nn.relu(first_NxD), deterministic=deterministic)
+        first_NxD = Dropout(rate)(nn.relu(first_NxD), deterministic=deterministic)
         scores_Nx1 = dense(c, 1, ("mlp", None), "classifier")(first_NxD)
         return {"logits": scores_Nx1.reshape(-1, num_choices)}
 

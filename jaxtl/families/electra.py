@@ -38,7 +38,7 @@ from jaxtl.errors import ConfigError
 from jaxtl.families import FamilySpec, register
 from jaxtl.families.bert import UNSUPPORTED_HF_FIELDS, BertEmbeddings, BertEncoder, first_token
 from jaxtl.families.layers import (
-    ACTIVATIONS, as_attention_mask, check_common, check_length, config_from_hf, config_to_hf,
+    ACTIVATIONS, Dropout, as_attention_mask, check_common, check_length, config_from_hf, config_to_hf,
     constrain, dense, flatten_choices,
 )
 
@@ -199,11 +199,11 @@ class ElectraClassificationHead(nn.Module):
     def __call__(self, hidden_BxLxD, deterministic, cls_positions_BxP=None):
         c = self.config
         rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
-        x_BxD = nn.Dropout(rate)(first_token(hidden_BxLxD, cls_positions_BxP), deterministic=deterministic)
+        x_BxD = Dropout(rate)(first_token(hidden_BxLxD, cls_positions_BxP), deterministic=deterministic)
         x_BxD = dense(c, c.hidden_size, ("embed", "mlp"), "dense")(x_BxD)
         # Exact GELU whatever hidden_act is: HF hard-codes get_activation("gelu") here.
         x_BxD = ACTIVATIONS["gelu"](x_BxD)
-        x_BxD = nn.Dropout(rate)(x_BxD, deterministic=deterministic)
+        x_BxD = Dropout(rate)(x_BxD, deterministic=deterministic)
         return dense(c, c.num_labels, ("mlp", None), "out_proj")(x_BxD)
 
 
@@ -241,12 +241,12 @@ class ElectraSequenceSummary(nn.Module):
             x_NxD = hidden_NxLxD.mean(axis=1)
         else:  # "last", and "cls_index" without indices (HF then takes the last position)
             x_NxD = hidden_NxLxD[:, -1]
-        x_NxD = nn.Dropout(c.summary_first_dropout)(x_NxD, deterministic=deterministic)
+        x_NxD = Dropout(c.summary_first_dropout)(x_NxD, deterministic=deterministic)
         if c.summary_use_proj:
             x_NxD = dense(c, c.hidden_size, ("embed", "mlp"), "summary")(x_NxD)
         if c.summary_activation:
             x_NxD = SUMMARY_ACTIVATIONS[c.summary_activation](x_NxD)
-        return nn.Dropout(c.summary_last_dropout)(x_NxD, deterministic=deterministic)
+        return Dropout(c.summary_last_dropout)(x_NxD, deterministic=deterministic)
 
 
 class ElectraForMultipleChoice(nn.Module):

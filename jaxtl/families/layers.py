@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import math
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+from jax.extend.random import threefry2x32_p
 
 from jaxtl.errors import ConfigError
 
@@ -166,6 +169,54 @@ def lookup(table: nn.Embed, ids_BxL: jax.Array, padding_idx: int | None) -> jax.
     return jnp.where((ids_BxL == padding_idx)[..., None], jax.lax.stop_gradient(x), x)
 
 
+def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+    """Dropout keep-mask of ``shape``: True with probability ``1 - rate`` (to 1/65536).
+
+    ``jax.random.bernoulli`` (flax's ``nn.Dropout``) runs one threefry2x32 hash per element and
+    keeps a 32-bit word of its 64-bit output. Here every hash gives four elements their 16-bit
+    lanes, compared with an integer threshold: a quarter of the hashing, no float conversion. On
+    CPU that makes the attention-probability mask of a 32 x 128 MiniLM step 2.6x cheaper
+    (bench/RESULTS.md §12). The counter is an iota over the words, as jax's partitionable
+    threefry builds it, so a sharded mask is drawn shard by shard.
+
+    Falls back to ``jax.random.bernoulli`` where the last axis is not a multiple of 4 or the key
+    is not a threefry key.
+    """
+    *lead, last = shape
+    words = (*lead, last // 4)
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        data = jax.random.key_data(key)
+    else:  # a raw uint32[2] key
+        data = key
+    if last % 4 or data.shape != (2,) or data.dtype != jnp.uint32 or math.prod(words) >= 2**32:
+        return jax.random.bernoulli(key, 1.0 - rate, shape)
+    counter = jnp.zeros(words, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(words))):
+        counter += jax.lax.broadcasted_iota(jnp.uint32, words, axis) * jnp.uint32(stride)
+        stride *= words[axis]
+    hi, lo = threefry2x32_p.bind(data[0], data[1], jnp.zeros(words, jnp.uint32), counter)
+    low16 = jnp.uint32(0xFFFF)
+    lanes = jnp.stack([hi & low16, hi >> 16, lo & low16, lo >> 16], axis=-1).reshape(shape)
+    return lanes >= jnp.uint32(round(rate * 65536))
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout(rate)(x, deterministic=...)`` with :func:`keep_mask`'s cheaper mask: the same
+    ``dropout`` rng collection and ``1 / (1 - rate)`` scaling; a different random stream."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rate == 1.0:
+            return jnp.zeros_like(x)
+        keep = keep_mask(self.make_rng("dropout"), x.shape, self.rate)
+        return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
+
+
 def as_attention_mask(attention_mask_BxL) -> jax.Array:
     """A ``[B, L]`` padding mask, or a ``[B, L, L]`` one (packed rows: block-diagonal), as the
     ``[B, 1, Lq, Lk]`` boolean mask :func:`attend` takes."""
@@ -183,12 +234,13 @@ def attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_Bx1xLxL, *, dropout_rate: float
     """
     if deterministic or dropout_rate == 0.0:
         return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=mask_Bx1xLxL)
+    # The scale on q ([B, L, H, K]) and the mask as an additive [B, 1, Lq|1, Lk] bias, as HF's
+    # eager attention adds its mask: one add over [B, H, L, L] instead of a divide and a select
+    # against a broadcast mask (1.7x cheaper on CPU, bench/RESULTS.md §3).
     K = q_BxLxHxK.shape[-1]
-    logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK) / jnp.sqrt(
-        jnp.asarray(K, q_BxLxHxK.dtype)
-    )
-    big_neg = jnp.finfo(logits_BxHxLxL.dtype).min
-    logits_BxHxLxL = jnp.where(mask_Bx1xLxL, logits_BxHxLxL, big_neg)
+    scaled_q_BxLxHxK = q_BxLxHxK * jnp.asarray(K ** -0.5, q_BxLxHxK.dtype)
+    bias_Bx1xLxL = jnp.where(mask_Bx1xLxL, 0.0, jnp.finfo(q_BxLxHxK.dtype).min).astype(q_BxLxHxK.dtype)
+    logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", scaled_q_BxLxHxK, k_BxLxHxK) + bias_Bx1xLxL
     probs_BxHxLxL = jax.nn.softmax(logits_BxHxLxL.astype(jnp.float32), axis=-1)
     probs_BxHxLxL = dropout_module(probs_BxHxLxL, deterministic=False)
     return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(v_BxLxHxK.dtype), v_BxLxHxK)

@@ -40,7 +40,7 @@ from jaxtl.errors import ConfigError
 from jaxtl.families import FamilySpec, register
 from jaxtl.families.bert import BertTrunk, first_token, gather_positions, layer_depth, tied_decoder
 from jaxtl.families.layers import (
-    ACTIVATIONS, check_common, config_from_hf, config_to_hf, dense, flatten_choices, layer_norm,
+    ACTIVATIONS, Dropout, check_common, config_from_hf, config_to_hf, dense, flatten_choices, layer_norm,
 )
 
 MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
@@ -226,9 +226,9 @@ class RobertaClassificationHead(nn.Module):
     def __call__(self, hidden_BxLxD, deterministic, cls_positions_BxP=None):
         c = self.config
         rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
-        x_BxD = nn.Dropout(rate)(first_token(hidden_BxLxD, cls_positions_BxP), deterministic=deterministic)
+        x_BxD = Dropout(rate)(first_token(hidden_BxLxD, cls_positions_BxP), deterministic=deterministic)
         x_BxD = jnp.tanh(dense(c, c.hidden_size, ("embed", "mlp"), "dense")(x_BxD))
-        x_BxD = nn.Dropout(rate)(x_BxD, deterministic=deterministic)
+        x_BxD = Dropout(rate)(x_BxD, deterministic=deterministic)
         return dense(c, c.num_labels, ("mlp", None), "out_proj")(x_BxD)
 
 
@@ -263,7 +263,7 @@ class RobertaForMultipleChoice(nn.Module):
         ids, mask, types, positions = rows
         _, pooled_NxD = run_trunk(roberta_trunk(c, add_pooler=True), ids, mask, types,
                                   deterministic, positions)
-        pooled_NxD = nn.Dropout(c.hidden_dropout_prob)(pooled_NxD, deterministic=deterministic)
+        pooled_NxD = Dropout(c.hidden_dropout_prob)(pooled_NxD, deterministic=deterministic)
         scores_Nx1 = dense(c, 1, ("embed", None), "classifier")(pooled_NxD)
         return {"logits": scores_Nx1.reshape(-1, num_choices)}
 

@@ -1,0 +1,194 @@
+"""End to end: one epoch of the demo through the `jaxtl finetune` CLI vs the usual HF PyTorch
+script (bench/hf_finetune.py), each a fresh process timed from its start to its exit.
+
+Same data (the demo's movie-review sentences, its train/validation/test split written to three
+CSV files both read), same model (all-MiniLM-L6-v2 + a new 2-class head), batch 32, max length
+64, AdamW lr 1e-4 with 10 % linear warmup and decay, weight decay 0.01, clipping at 1.0, one
+epoch, the model saved. Each side pads as it does by default: jaxtl to its length buckets over
+sortish batches, HF to each random batch's longest example (``DataCollatorWithPadding``).
+
+Two comparisons:
+
+* **epoch** (``--rounds``): the demo as shipped — validation and test evaluated once, at the end.
+  jaxtl runs twice per round: with an empty compilation cache (a first run) and with the cache
+  that run left (every later run: a rerun, a resume, another seed).
+* **curve** (``--curve-rounds``): both evaluate the validation split every ``--eval-every``
+  steps; time to ``--target`` accuracy is process start to the end of the first evaluation that
+  reaches it, evaluations included. jaxtl with a warm cache.
+
+Rounds alternate which side goes first; medians are reported.
+
+    python bench/bench_e2e.py --rounds 2 --curve-rounds 1   # ~25 min on 2 idle CPU cores
+
+Writes bench/results/e2e.json: wall seconds, examples/s (training examples / wall), time to
+target, first-step time, test accuracy, for each run, and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_split(folder: Path) -> dict:
+    """The demo's train/validation/test split (its config's fractions and split seed) as CSVs."""
+    sys.path.insert(0, str(ROOT))
+    from jaxtl import config as config_lib, hf
+    from jaxtl.data.classification import _carve
+
+    cfg = config_lib.load(ROOT / "configs" / "demo_finetune.yaml", [])
+    source = hf.resolve(cfg.data.train_file)
+    with open(source, newline="") as f:
+        rows = list(csv.DictReader(f))
+    train, validation, test = _carve(len(rows), cfg.data, str(source))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, idx in (("train", train), ("validation", validation), ("test", test)):
+        with open(folder / f"{name}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["sentence", "label"])
+            w.writeheader()
+            w.writerows({"sentence": rows[i]["sentence"], "label": rows[i]["label"]} for i in idx)
+    return {"train": len(train), "validation": len(validation), "test": len(test),
+            "model": str(hf.resolve(cfg.model.pretrained))}
+
+
+def first_reaching(curve: list[dict], target: float) -> float | None:
+    return next((p["wall_s"] for p in curve if p["accuracy"] >= target), None)
+
+
+def run_jaxtl(data: Path, work: Path, cache: Path, args, curve: bool) -> dict:
+    workdir = work / f"jaxtl-{time.time_ns()}"
+    cmd = [sys.executable, "-m", "jaxtl.cli", "finetune", "--config",
+           str(ROOT / "configs" / "demo_finetune.yaml"), "--workdir", str(workdir),
+           "--set", f"data.train_file={data / 'train.csv'}",
+           "--set", f"data.validation_file={data / 'validation.csv'}",
+           "--set", f"data.test_file={data / 'test.csv'}",
+           "--set", "data.validation_fraction=0", "--set", "data.test_fraction=0",
+           "--set", f"train.seed={args.seed}"]
+    if curve:
+        cmd += ["--set", f"train.eval_every={args.eval_every}"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAXTL_COMPILATION_CACHE=str(cache))
+    start = time.time()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.time() - start
+    if done.returncode:
+        raise SystemExit(f"jaxtl failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    curve = [{"step": r["step"], "wall_s": r["wall_s"], "accuracy": r["accuracy"]}
+             for r in records if r["split"] == "validation"]
+    test = [r for r in records if r["split"] == "test"][-1]  # the final evaluation
+    compile_line = next(r for r in records if r["split"] == "compile")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return {"wall_s": wall, "validation_curve": curve, "test_accuracy": test["accuracy"],
+            "first_step_s": compile_line["first_step_s"],
+            "steps": max(r["step"] for r in records if r["split"] == "train")}
+
+
+def run_hf(data: Path, work: Path, model: str, args, curve: bool) -> dict:
+    out = work / f"hf-{time.time_ns()}.json"
+    save = work / "hf-model"
+    cmd = [sys.executable, str(ROOT / "bench" / "hf_finetune.py"), "--data", str(data),
+           "--model", model, "--eval-every", str(args.eval_every if curve else 10**9), "--seed", str(args.seed),
+           "--save", str(save), "--out", str(out)]
+    start = time.time()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - start
+    if done.returncode:
+        raise SystemExit(f"hf_finetune.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(out.read_text())
+    shutil.rmtree(save, ignore_errors=True)
+    return dict(result, wall_s=wall)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the one-epoch comparison")
+    p.add_argument("--curve-rounds", type=int, default=1,
+                   help="rounds of the time-to-accuracy comparison (validation every --eval-every steps)")
+    p.add_argument("--eval-every", type=int, default=33)
+    p.add_argument("--target", type=float, default=0.80)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "e2e.json"))
+    args = p.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="jaxtl-e2e-"))
+    split = write_split(work / "data")
+    print(f"split: {split['train']} train / {split['validation']} validation / {split['test']} test",
+          flush=True)
+    runs = {"epoch": {"jaxtl_cold": [], "jaxtl_warm": [], "hf_torch": []},
+            "curve": {"jaxtl_warm": [], "hf_torch": []}}
+    for r in range(max(args.rounds, args.curve_rounds)):
+        cache = work / f"xla-cache-{r}"  # empty: this round's cold run fills it, the warm ones read it
+        order = ["jaxtl", "hf"] if r % 2 == 0 else ["hf", "jaxtl"]
+        for name in order:
+            if name == "jaxtl":
+                if r < args.rounds:
+                    runs["epoch"]["jaxtl_cold"].append(run_jaxtl(work / "data", work, cache, args, False))
+                    runs["epoch"]["jaxtl_warm"].append(run_jaxtl(work / "data", work, cache, args, False))
+                if r < args.curve_rounds:
+                    if r >= args.rounds:  # no cold epoch run filled this round's cache: fill it
+                        run_jaxtl(work / "data", work, cache, args, True)
+                    runs["curve"]["jaxtl_warm"].append(run_jaxtl(work / "data", work, cache, args, True))
+            else:
+                if r < args.rounds:
+                    runs["epoch"]["hf_torch"].append(run_hf(work / "data", work, split["model"], args, False))
+                if r < args.curve_rounds:
+                    runs["curve"]["hf_torch"].append(run_hf(work / "data", work, split["model"], args, True))
+        for mode, by_name in runs.items():
+            print(f"round {r + 1} {mode}: " + ", ".join(
+                f"{k} {v[-1]['wall_s']:.0f} s (test {v[-1]['test_accuracy']:.4f})"
+                for k, v in by_name.items() if len(v) > r), flush=True)
+
+    summary = {"epoch": {}, "curve": {}}
+    for mode, by_name in runs.items():
+        for name, rs in by_name.items():
+            if not rs:
+                continue
+            hits = [first_reaching(x["validation_curve"], args.target) for x in rs]
+            wall = statistics.median(x["wall_s"] for x in rs)
+            summary[mode][name] = {
+                "runs": len(rs), "wall_s": wall, "examples_per_s": split["train"] / wall,
+                "first_step_s": statistics.median(x["first_step_s"] for x in rs),
+                "time_to_target_s": statistics.median(hits) if rs and None not in hits else None,
+                "test_accuracy": statistics.median(x["test_accuracy"] for x in rs),
+            }
+        hf = summary[mode].get("hf_torch")
+        for name, s in summary[mode].items():
+            if name == "hf_torch" or hf is None:
+                continue
+            s["speedup_vs_hf"] = hf["wall_s"] / s["wall_s"]
+            if s["time_to_target_s"] and hf["time_to_target_s"]:
+                s["time_to_target_speedup_vs_hf"] = hf["time_to_target_s"] / s["time_to_target_s"]
+    for mode, title in (("epoch", "one epoch, the demo's own settings (evaluation at the end)"),
+                        ("curve", f"validation every {args.eval_every} steps: time to {args.target:.0%}")):
+        print(f"\n{title}")
+        print(f"{'':<12}{'runs':>5}{'wall s':>8}{'ex/s':>8}{'first step s':>14}{'to target s':>13}"
+              f"{'test acc':>10}{'vs HF':>8}{'tta vs HF':>11}")
+        for name, s in summary[mode].items():
+            tta = s["time_to_target_s"]
+            print(f"{name:<12}{s['runs']:>5}{s['wall_s']:>8.1f}{s['examples_per_s']:>8.1f}{s['first_step_s']:>14.1f}"
+                  f"{(f'{tta:.0f}' if tta else '-'):>13}{s['test_accuracy']:>10.4f}"
+                  f"{(format(s['speedup_vs_hf'], '.2f') + 'x') if 'speedup_vs_hf' in s else '':>8}"
+                  f"{(format(s['time_to_target_speedup_vs_hf'], '.2f') + 'x') if 'time_to_target_speedup_vs_hf' in s else '':>11}")
+    record = {"command": "python " + " ".join(sys.argv), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "cpus": os.cpu_count(), "load_avg_end": os.getloadavg(), "split": split,
+              "summary": summary, "runs": runs}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    history = json.loads(out.read_text()) if out.exists() else []
+    out.write_text(json.dumps(history + [record], indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
