@@ -475,7 +475,10 @@ def write_config(path: Path, cli_assets, task: str = "finetune") -> str:
         "data": {"train_file": cli_assets["train"], "validation_file": cli_assets["valid"],
                  "max_seq_length": 32, "bucket_sizes": [16, 32]},
         "optim": {"lr": 3e-3, "warmup_ratio": 0.1},
-        "train": {"batch_size": 16, "epochs": 6, "log_every": 4, "eval_every": 48, "seed": 0,
+        # 10 epochs: a tiny random encoder sits at chance for ~30 steps before it learns; after 6
+        # epochs (48 steps) the last loss was 0.59-0.99 x the first over seeds 0-5, after 10
+        # 0.01-0.20 x (bench/RESULTS.md §12).
+        "train": {"batch_size": 16, "epochs": 10, "log_every": 4, "eval_every": 48, "seed": 0,
                   "progress": False, "tensorboard": False},
     }
     if task == "pretrain":
@@ -492,7 +495,7 @@ def test_finetune_cli_from_discriminator_checkpoint(cli_assets, tmp_path):
     assert cli.main(["finetune", "--config", config, "--workdir", str(workdir)]) == 0
     losses = [r["loss"] for r in read_metrics(workdir) if r["split"] == "train"]
     print(f"ELECTRA finetune train losses: {losses}")
-    assert losses[-1] < 0.7 * losses[0], losses
+    assert losses[-1] < 0.5 * losses[0], losses
 
     final = workdir / "final"
     hf_model = transformers.ElectraForSequenceClassification.from_pretrained(final).eval()

@@ -35,6 +35,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300  # a process whose peer never comes waits for it until killed here
 RTOL = 1e-5
+LR = 3e-3
+ATOL = 1e-4 * LR
 STEPS = 4
 
 
@@ -77,7 +79,7 @@ def runs(tmp_path_factory):
                  # 24 rows in batches of 16: the second one is padded, across processes
                  "validation_file": write_csv(root / "valid.csv", ["sentence", "label"], rows[64:]),
                  "max_seq_length": 32, "bucket_sizes": [32]},
-        "optim": {"lr": 3e-3, "warmup_ratio": 0.25},
+        "optim": {"lr": LR, "warmup_ratio": 0.25},
         "mesh": {"data": 2, "fsdp": -1, "tensor": 2},  # the batch and the weights split
         "train": {"batch_size": 16, "eval_batch_size": 16, "max_steps": STEPS, "log_every": 1,
                   "eval_every": 100, "save_every": 100, "seed": 0, "progress": False,
@@ -160,21 +162,20 @@ def test_exported_model_matches_single_process(runs):
         diff_sq, norm_sq, worst = 0.0, 0.0, (0.0, "")
         for name in single:
             a, b = single[name].astype(np.float64), multi[name].astype(np.float64)
-            if name.endswith("attention.self.key.bias"):
-                # Its true gradient is zero (softmax ignores a shift shared by all keys): what
-                # it holds is ~1e-10 of Adam-scaled rounding noise, in any two runs.
-                assert np.abs(a).max() < 1e-6 and np.abs(b).max() < 1e-6, name
-                continue
             diff_sq += np.sum((a - b) ** 2)
             norm_sq += np.sum(a**2)
-            worst = max(worst, (float(np.linalg.norm(a - b) / np.linalg.norm(a)), name))
+            # as np.allclose: atol in units of the lr, rtol for weights far from 0 (LayerNorm ~1)
+            worst = max(worst, (float((np.abs(a - b) / (ATOL + RTOL * np.abs(a))).max()), name))
         overall = float(np.sqrt(diff_sq / norm_sq))
-        print(f"\n{export}: 2 processes vs 1, relative L2: all weights {overall:.1e}, "
-              f"worst tensor {worst[0]:.1e} ({worst[1]})")
-        # As in test_sharding: the whole model within 1e-5, any one tensor (small biases that
-        # start at zero included) within 1e-4.
+        print(f"\n{export}: 2 processes vs 1: relative L2 over all weights {overall:.1e}; "
+              f"largest |a - b| / (atol + rtol |a|) {worst[0]:.2f} ({worst[1]})")
         assert overall <= RTOL, f"{export}: weights differ by {overall:.1e} (relative L2)"
-        assert worst[0] <= 10 * RTOL, f"{export}/{worst[1]} differs by {worst[0]:.1e} (relative L2)"
+        # Per weight, with atol in units of the learning rate: Adam moves a weight by about the
+        # lr per step whatever its gradient, so another batch or dropout mask would differ by ~lr.
+        # Not relative per tensor: a weight whose updates cancel (the 2-class bias here, whose
+        # gradient flips sign with the batch's label balance, ends at ~1e-7; the attention key
+        # bias, with a zero true gradient, at ~1e-10) is rounding noise in any two runs.
+        assert worst[0] <= 1.0, f"{export}/{worst[1]}: |a - b| is {worst[0]:.1f} x (atol + rtol |a|)"
         # ... and it loads in transformers, labels included.
         model = transformers.BertForSequenceClassification.from_pretrained(runs["multi"] / export)
         assert model.config.id2label == {0: "negative", 1: "positive"}
