@@ -74,6 +74,23 @@ def enable_compilation_cache() -> str | None:
     return folder
 
 
+def _summary_writer_class():
+    """tensorboardX's ``SummaryWriter``, imported without torch where torch is installed but not
+    yet imported: ``tensorboardX.writer`` imports torch (1.5 s of start-up) only to accept torch
+    tensors as values, and jaxtl passes Python floats."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if sys.modules.get("torch", False) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """``metrics.jsonl`` (one object per line; see :class:`jaxtl.workdir.MetricsLog`) and
     TensorBoard scalars, process 0 only."""
@@ -88,9 +105,7 @@ class MetricsWriter:
         # computed again (identically), so they go, and so does a line torn by a kill.
         self.log = workdir_lib.MetricsLog(workdir / "metrics.jsonl", resume_step=resume_step)
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(str(workdir / "tb"), purge_step=resume_step + 1)
+            self.tb = _summary_writer_class()(str(workdir / "tb"), purge_step=resume_step + 1)
 
     def write(self, record: dict) -> None:
         """One record; ``wall_s`` (seconds since this process started) is added to it, so
