@@ -118,6 +118,10 @@ def main():
     p.add_argument("--eval-every", type=int, default=33)
     p.add_argument("--target", type=float, default=0.80)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cold", action="store_true",
+                   help="skip the cold-cache jaxtl runs (e.g. to compare accuracy over seeds)")
+    p.add_argument("--cache", help="compilation cache folder for the warm runs, kept across rounds and "
+                                   "invocations (default: a fresh one per round, filled by its cold run)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "e2e.json"))
     args = p.parse_args()
 
@@ -128,12 +132,16 @@ def main():
     runs = {"epoch": {"jaxtl_cold": [], "jaxtl_warm": [], "hf_torch": []},
             "curve": {"jaxtl_warm": [], "hf_torch": []}}
     for r in range(max(args.rounds, args.curve_rounds)):
-        cache = work / f"xla-cache-{r}"  # empty: this round's cold run fills it, the warm ones read it
+        # empty: this round's cold run fills it, the warm ones read it
+        cache = Path(args.cache) if args.cache else work / f"xla-cache-{r}"
         order = ["jaxtl", "hf"] if r % 2 == 0 else ["hf", "jaxtl"]
         for name in order:
             if name == "jaxtl":
                 if r < args.rounds:
-                    runs["epoch"]["jaxtl_cold"].append(run_jaxtl(work / "data", work, cache, args, False))
+                    if not args.no_cold:
+                        runs["epoch"]["jaxtl_cold"].append(run_jaxtl(work / "data", work, cache, args, False))
+                    elif not (cache.is_dir() and any(cache.iterdir())):
+                        run_jaxtl(work / "data", work, cache, args, False)  # fill it, untimed
                     runs["epoch"]["jaxtl_warm"].append(run_jaxtl(work / "data", work, cache, args, False))
                 if r < args.curve_rounds:
                     if r >= args.rounds:  # no cold epoch run filled this round's cache: fill it

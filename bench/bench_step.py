@@ -15,7 +15,7 @@ matmul measured in the same process (JAX; torch's own matmul peak is printed bes
 
     python bench/bench_step.py --quick                       # MiniLM x 128 only, 3 rounds
     python bench/bench_step.py --models minilm,base --shapes 128,512
-    python bench/bench_step.py --jaxtl-variants default,rbg  # also jaxtl with candidate fixes
+    python bench/bench_step.py --jaxtl-variants default,bernoulli  # also jaxtl with another dropout mask
 
 ``--jaxtl-variants`` runs extra jaxtl contenders with a candidate speed fix monkeypatched in (see
 VARIANTS); set XLA flags with the environment (``XLA_FLAGS=... python bench/bench_step.py``).
@@ -71,100 +71,23 @@ def make_batch(batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]
 
 # --- jaxtl -----------------------------------------------------------------------------------
 
-def attention_with_additive_bias(self, x_BxLxD, mask_Bx1x1xL, deterministic):
-    """BertSelfAttention.__call__ with the mask as an additive [B, 1, 1, L] bias (HF's way)
-    instead of a ``where`` over [B, H, L, L], the 1/sqrt(K) scale on q ([B, L, H, K]) instead of
-    on the logits ([B, H, L, L]) and the softmax in the compute dtype; otherwise the model's code."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from jaxtl.families.layers import constrain, dense
-
-    c = self.config
-    B, L, _ = x_BxLxD.shape
-    H, K = c.num_attention_heads, c.head_dim
-
-    def heads(name):
-        y = dense(c, c.hidden_size, ("embed", "heads"), name)(x_BxLxD)
-        return constrain(y.reshape(B, L, H, K), ("batch", "length", "heads", "kv"))
-
-    q, k, v = heads("query"), heads("key"), heads("value")
-    rate = c.attention_probs_dropout_prob
-    bias_Bx1x1xL = jnp.where(mask_Bx1x1xL, 0.0, jnp.finfo(q.dtype).min).astype(q.dtype)
-    if deterministic or rate == 0.0:
-        out = jax.nn.dot_product_attention(q, k, v, bias=bias_Bx1x1xL)
-    else:
-        logits = jnp.einsum("bqhk,bshk->bhqs", q * (K ** -0.5), k) + bias_Bx1x1xL
-        probs = jax.nn.softmax(logits, axis=-1)
-        probs = nn.Dropout(rate)(probs, deterministic=False)
-        out = jnp.einsum("bhqs,bshk->bqhk", probs, v)
-    return out.reshape(B, L, H * K)
-
-
-def packed_keep_mask(key, shape, rate):
-    """Dropout keep-mask from uint32 random words split into two uint16 lanes each.
-
-    ``jax.random.bernoulli`` (what flax's Dropout draws) hashes one 32-bit threefry word per
-    element and converts it to a float; two 16-bit lanes per word halve the hashing, and an
-    integer threshold drops the conversion. Rate resolution 1/65536 (0.1 -> 0.100006).
-    """
-    import math
-
-    import jax
-    import jax.numpy as jnp
-
-    size = math.prod(shape)
-    words = jax.random.bits(key, (-(-size // 2),), jnp.uint32)
-    lanes = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:size].reshape(shape)
-    return lanes >= round(rate * 65536)
-
-
 def apply_variant(name: str):
     """Monkeypatch one candidate fix into jaxtl (in this process). Returns an undo function."""
     import jax
 
-    from jaxtl.families import bert as model
-
     if name == "default":
         return lambda: None
-    if name == "packed_dropout" or name == "bias+packed_dropout":
-        import flax.linen as nn
-        import jax.numpy as jnp
+    if name == "bernoulli":
+        # The dropout masks flax's nn.Dropout draws (one threefry hash per element), jaxtl's
+        # before 681d19f: the in-process "before" of the four-lanes-per-hash keep_mask.
+        from jaxtl.families import layers
 
-        original_dropout = nn.Dropout
-
-        class PackedDropout(original_dropout):
-            @nn.compact
-            def __call__(self, inputs, deterministic=None, rng=None):
-                deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-                if self.rate == 0.0 or deterministic:
-                    return inputs
-                keep = packed_keep_mask(rng if rng is not None else self.make_rng(self.rng_collection),
-                                        inputs.shape, self.rate)
-                return jnp.where(keep, inputs / (1.0 - self.rate), 0.0).astype(inputs.dtype)
-
-        nn.Dropout = PackedDropout  # jaxtl.families call nn.Dropout(...) at build time
-        undo_bias = apply_variant("bias") if name.startswith("bias+") else (lambda: None)
-
-        def undo():
-            nn.Dropout = original_dropout
-            undo_bias()
-
-        return undo
-    if name == "bias":
-        import flax.linen as nn
-
-        original = model.BertSelfAttention
-
-        class BiasSelfAttention(original):
-            __call__ = nn.compact(attention_with_additive_bias)
-
-        # BertAttention.setup looks the class up in jaxtl.families.bert at build time.
-        model.BertSelfAttention = BiasSelfAttention
-        return lambda: setattr(model, "BertSelfAttention", original)
+        original = layers.keep_mask
+        layers.keep_mask = lambda key, shape, rate: jax.random.bernoulli(key, 1.0 - rate, shape)
+        return lambda: setattr(layers, "keep_mask", original)
     if name in ("rbg", "unsafe_rbg"):
-        # Dropout masks from XLA's RngBitGenerator instead of threefry (jax's default PRNG).
+        # Dropout masks from jax.random.bernoulli over XLA's RngBitGenerator (keep_mask falls
+        # back to bernoulli for keys that are not threefry).
         jax.config.update("jax_default_prng_impl", name)
         return lambda: jax.config.update("jax_default_prng_impl", "threefry2x32")
     if name == "no_attn_dropout":
@@ -173,8 +96,7 @@ def apply_variant(name: str):
     raise SystemExit(f"unknown jaxtl variant {name!r}; use one of {sorted(VARIANTS)}")
 
 
-VARIANTS = {"default", "bias", "packed_dropout", "bias+packed_dropout", "rbg", "unsafe_rbg",
-            "no_attn_dropout"}
+VARIANTS = {"default", "bernoulli", "rbg", "unsafe_rbg", "no_attn_dropout"}
 
 
 class Jaxtl:
@@ -314,7 +236,9 @@ def measure(model_name: str, seq_len: int, args, peaks: dict) -> dict:
             times[contender.name].append(time.perf_counter() - start)
         print(f"  round {r + 1}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()), flush=True)
 
-    config = next(c for c in contenders if isinstance(c, Jaxtl)).config
+    from jaxtl import hf
+
+    config = hf.load_config(folder)  # the FLOPs count, whichever frameworks ran
     step_flops = flops.train_step_flops(config, args.batch_size, seq_len, "classification")
     results = {}
     for name, ts in times.items():
