@@ -132,20 +132,24 @@ def main():
     runs = {"epoch": {"jaxtl_cold": [], "jaxtl_warm": [], "hf_torch": []},
             "curve": {"jaxtl_warm": [], "hf_torch": []}}
     for r in range(max(args.rounds, args.curve_rounds)):
-        # empty: this round's cold run fills it, the warm ones read it
+        # --cache, or an empty folder that this round's cold run (or an untimed run) fills
         cache = Path(args.cache) if args.cache else work / f"xla-cache-{r}"
+
+        def fill(curve: bool) -> None:
+            if not (cache.is_dir() and any(cache.iterdir())):
+                run_jaxtl(work / "data", work, cache, args, curve)  # untimed
+
         order = ["jaxtl", "hf"] if r % 2 == 0 else ["hf", "jaxtl"]
         for name in order:
             if name == "jaxtl":
                 if r < args.rounds:
                     if not args.no_cold:
                         runs["epoch"]["jaxtl_cold"].append(run_jaxtl(work / "data", work, cache, args, False))
-                    elif not (cache.is_dir() and any(cache.iterdir())):
-                        run_jaxtl(work / "data", work, cache, args, False)  # fill it, untimed
+                    else:
+                        fill(False)
                     runs["epoch"]["jaxtl_warm"].append(run_jaxtl(work / "data", work, cache, args, False))
                 if r < args.curve_rounds:
-                    if r >= args.rounds:  # no cold epoch run filled this round's cache: fill it
-                        run_jaxtl(work / "data", work, cache, args, True)
+                    fill(True)  # when no cold epoch run filled it
                     runs["curve"]["jaxtl_warm"].append(run_jaxtl(work / "data", work, cache, args, True))
             else:
                 if r < args.rounds:

@@ -238,7 +238,8 @@ def measure(model_name: str, seq_len: int, args, peaks: dict) -> dict:
 
     from jaxtl import hf
 
-    config = hf.load_config(folder)  # the FLOPs count, whichever frameworks ran
+    # the FLOPs count, whichever frameworks ran
+    config = hf.load_config(folder, labels=tuple(f"LABEL_{i}" for i in range(NUM_LABELS)))
     step_flops = flops.train_step_flops(config, args.batch_size, seq_len, "classification")
     results = {}
     for name, ts in times.items():

@@ -78,15 +78,13 @@ def _summary_writer_class():
     """tensorboardX's ``SummaryWriter``, imported without torch where torch is installed but not
     yet imported: ``tensorboardX.writer`` imports torch (1.5 s of start-up) only to accept torch
     tensors as values, and jaxtl passes Python floats."""
-    if "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
-
-        return SummaryWriter
-    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
     try:
         from tensorboardX import SummaryWriter
     finally:
-        if sys.modules.get("torch", False) is None:
+        if hide and sys.modules.get("torch", False) is None:
             del sys.modules["torch"]
     return SummaryWriter
 

@@ -162,6 +162,10 @@ def test_exported_model_matches_single_process(runs):
         diff_sq, norm_sq, worst = 0.0, 0.0, (0.0, "")
         for name in single:
             a, b = single[name].astype(np.float64), multi[name].astype(np.float64)
+            if name.endswith("attention.self.key.bias"):
+                # Its true gradient is zero (softmax ignores a shift shared by all keys): what
+                # it holds is ~1e-10 of Adam-scaled rounding noise, in any two runs.
+                assert np.abs(a).max() < 1e-6 and np.abs(b).max() < 1e-6, name
             diff_sq += np.sum((a - b) ** 2)
             norm_sq += np.sum(a**2)
             # as np.allclose: atol in units of the lr, rtol for weights far from 0 (LayerNorm ~1)
