@@ -329,6 +329,26 @@ def test_create_train_state_places_params_and_adam_moments_by_the_rules():
         assert array.sharding.is_equivalent_to(target, array.ndim)
 
 
+def test_create_train_state_initialises_only_the_leaves_pretrained_lacks():
+    """A fine-tuning start: the pretrained leaves are the arrays given (placed by the rules), and
+    the new head's leaves are exactly what a full ``model.init`` gives them, although the jit
+    that makes them returns (and so computes) only those."""
+    c = case("classification")
+    mesh = make_mesh(MESHES["2x2x2"])
+    full = traverse_util.flatten_dict(c.host_state.params)
+    pretrained = {path: np.asarray(v) + 1.0 for path, v in full.items() if path[0] != "classifier"}
+    assert 0 < len(pretrained) < len(full)
+    state, shardings = sharding.create_train_state(
+        c.model, c.tx, mesh, sharding.DEFAULT_RULES, rng=jax.random.key(0), pretrained=pretrained)
+    got = traverse_util.flatten_dict(jax.device_get(state.params))
+    assert set(got) == set(full)
+    for path, value in full.items():
+        np.testing.assert_array_equal(got[path], pretrained.get(path, value), err_msg=str(path))
+    flat_sh = traverse_util.flatten_dict(shardings.params)
+    for path, leaf in traverse_util.flatten_dict(state.params).items():
+        assert leaf.sharding.is_equivalent_to(flat_sh[path], leaf.ndim), path
+
+
 # -------------------------------------------------------------------------------------------
 # pmap: the same step functions, the old way
 
