@@ -19,6 +19,7 @@ Two comparisons:
 Rounds alternate which side goes first; medians are reported.
 
     python bench/bench_e2e.py --rounds 2 --curve-rounds 1   # ~25 min on 2 idle CPU cores
+    python bench/bench_e2e.py --rounds 1 --curve-rounds 0 --no-cold --huge-pages-ab   # RESULTS §14
 
 Writes bench/results/e2e.json: wall seconds, examples/s (training examples / wall), time to
 target, first-step time, test accuracy, for each run, and the ratios.
@@ -66,7 +67,7 @@ def first_reaching(curve: list[dict], target: float) -> float | None:
     return next((p["wall_s"] for p in curve if p["accuracy"] >= target), None)
 
 
-def run_jaxtl(data: Path, work: Path, cache: Path, args, curve: bool) -> dict:
+def run_jaxtl(data: Path, work: Path, cache: Path, args, curve: bool, extra_env=None) -> dict:
     workdir = work / f"jaxtl-{time.time_ns()}"
     cmd = [sys.executable, "-m", "jaxtl.cli", "finetune", "--config",
            str(ROOT / "configs" / "demo_finetune.yaml"), "--workdir", str(workdir),
@@ -77,7 +78,7 @@ def run_jaxtl(data: Path, work: Path, cache: Path, args, curve: bool) -> dict:
            "--set", f"train.seed={args.seed}"]
     if curve:
         cmd += ["--set", f"train.eval_every={args.eval_every}"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAXTL_COMPILATION_CACHE=str(cache))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAXTL_COMPILATION_CACHE=str(cache), **(extra_env or {}))
     start = time.time()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.time() - start
@@ -94,14 +95,14 @@ def run_jaxtl(data: Path, work: Path, cache: Path, args, curve: bool) -> dict:
             "steps": max(r["step"] for r in records if r["split"] == "train")}
 
 
-def run_hf(data: Path, work: Path, model: str, args, curve: bool) -> dict:
+def run_hf(data: Path, work: Path, model: str, args, curve: bool, extra_env=None) -> dict:
     out = work / f"hf-{time.time_ns()}.json"
     save = work / "hf-model"
     cmd = [sys.executable, str(ROOT / "bench" / "hf_finetune.py"), "--data", str(data),
            "--model", model, "--eval-every", str(args.eval_every if curve else 10**9), "--seed", str(args.seed),
            "--save", str(save), "--out", str(out)]
     start = time.time()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(extra_env or {})})
     wall = time.time() - start
     if done.returncode:
         raise SystemExit(f"hf_finetune.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -122,6 +123,9 @@ def main():
                    help="skip the cold-cache jaxtl runs (e.g. to compare accuracy over seeds)")
     p.add_argument("--cache", help="compilation cache folder for the warm runs, kept across rounds and "
                                    "invocations (default: a fresh one per round, filled by its cold run)")
+    p.add_argument("--huge-pages-ab", action="store_true",
+                   help="also run each warm jaxtl epoch with JAXTL_HUGE_PAGES=off and each HF epoch "
+                        "with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (jaxtl.hostmem), alternating")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "e2e.json"))
     args = p.parse_args()
 
@@ -129,7 +133,8 @@ def main():
     split = write_split(work / "data")
     print(f"split: {split['train']} train / {split['validation']} validation / {split['test']} test",
           flush=True)
-    runs = {"epoch": {"jaxtl_cold": [], "jaxtl_warm": [], "hf_torch": []},
+    runs = {"epoch": {"jaxtl_cold": [], "jaxtl_warm": [], "jaxtl_warm_no_huge_pages": [],
+                      "hf_torch": [], "hf_torch_huge_pages": []},
             "curve": {"jaxtl_warm": [], "hf_torch": []}}
     for r in range(max(args.rounds, args.curve_rounds)):
         # --cache, or an empty folder that this round's cold run (or an untimed run) fills
@@ -147,13 +152,21 @@ def main():
                         runs["epoch"]["jaxtl_cold"].append(run_jaxtl(work / "data", work, cache, args, False))
                     else:
                         fill(False)
-                    runs["epoch"]["jaxtl_warm"].append(run_jaxtl(work / "data", work, cache, args, False))
+                    variants = [("jaxtl_warm", None)]
+                    if args.huge_pages_ab:
+                        variants.append(("jaxtl_warm_no_huge_pages", {"JAXTL_HUGE_PAGES": "off"}))
+                    for key, extra in variants if r % 2 == 0 else variants[::-1]:
+                        runs["epoch"][key].append(run_jaxtl(work / "data", work, cache, args, False, extra))
                 if r < args.curve_rounds:
                     fill(True)  # when no cold epoch run filled it
                     runs["curve"]["jaxtl_warm"].append(run_jaxtl(work / "data", work, cache, args, True))
             else:
                 if r < args.rounds:
-                    runs["epoch"]["hf_torch"].append(run_hf(work / "data", work, split["model"], args, False))
+                    variants = [("hf_torch", None)]
+                    if args.huge_pages_ab:
+                        variants.append(("hf_torch_huge_pages", {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}))
+                    for key, extra in variants if r % 2 == 0 else variants[::-1]:
+                        runs["epoch"][key].append(run_hf(work / "data", work, split["model"], args, False, extra))
                 if r < args.curve_rounds:
                     runs["curve"]["hf_torch"].append(run_hf(work / "data", work, split["model"], args, True))
         for mode, by_name in runs.items():
@@ -176,7 +189,7 @@ def main():
             }
         hf = summary[mode].get("hf_torch")
         for name, s in summary[mode].items():
-            if name == "hf_torch" or hf is None:
+            if name.startswith("hf_torch") or hf is None:
                 continue
             s["speedup_vs_hf"] = hf["wall_s"] / s["wall_s"]
             if s["time_to_target_s"] and hf["time_to_target_s"]:
@@ -184,11 +197,11 @@ def main():
     for mode, title in (("epoch", "one epoch, the demo's own settings (evaluation at the end)"),
                         ("curve", f"validation every {args.eval_every} steps: time to {args.target:.0%}")):
         print(f"\n{title}")
-        print(f"{'':<12}{'runs':>5}{'wall s':>8}{'ex/s':>8}{'first step s':>14}{'to target s':>13}"
+        print(f"{'':<26}{'runs':>5}{'wall s':>8}{'ex/s':>8}{'first step s':>14}{'to target s':>13}"
               f"{'test acc':>10}{'vs HF':>8}{'tta vs HF':>11}")
         for name, s in summary[mode].items():
             tta = s["time_to_target_s"]
-            print(f"{name:<12}{s['runs']:>5}{s['wall_s']:>8.1f}{s['examples_per_s']:>8.1f}{s['first_step_s']:>14.1f}"
+            print(f"{name:<26}{s['runs']:>5}{s['wall_s']:>8.1f}{s['examples_per_s']:>8.1f}{s['first_step_s']:>14.1f}"
                   f"{(f'{tta:.0f}' if tta else '-'):>13}{s['test_accuracy']:>10.4f}"
                   f"{(format(s['speedup_vs_hf'], '.2f') + 'x') if 'speedup_vs_hf' in s else '':>8}"
                   f"{(format(s['time_to_target_speedup_vs_hf'], '.2f') + 'x') if 'time_to_target_speedup_vs_hf' in s else '':>11}")

@@ -326,5 +326,14 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGINT
 
 
+def entry() -> int:
+    """The process entry point (the ``jaxtl`` script, ``python -m jaxtl.cli``): :func:`main` in a
+    process whose malloc uses transparent huge pages where available (:mod:`jaxtl.hostmem`)."""
+    from jaxtl import hostmem
+
+    hostmem.reexec_with_huge_pages()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

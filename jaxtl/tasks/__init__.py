@@ -17,9 +17,10 @@ Adding a task is one module here with a ``setup(cfg) -> Setup``, and one entry i
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 
-from jaxtl import runlog, train, workdir as workdir_lib
+from jaxtl import hostmem, runlog, train, workdir as workdir_lib
 from jaxtl.config import Config
 from jaxtl.tasks.common import model_from_meta  # noqa: F401  (export rebuilds models with it)
 from jaxtl.train import Setup
@@ -54,6 +55,10 @@ def run(cfg: Config, workdir: str | Path, *, overwrite: bool = False) -> dict:
     ``overwrite`` starts afresh where it holds another)."""
     runlog.setup_logging()
     runlog.enable_compilation_cache()
+    if hostmem.huge_pages_active():
+        logging.getLogger("jaxtl").info(
+            "host memory: malloc backs large blocks with transparent huge pages (%s=off to not)",
+            hostmem.SWITCH)
     if not overwrite:  # refuse another run's workdir before loading any data or weights
         workdir_lib.check_rerun(Path(workdir), cfg.to_dict(), overwrite=False)
     return train.train_loop(cfg, Path(workdir), setup_for(cfg), overwrite=overwrite)
