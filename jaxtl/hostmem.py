@@ -25,6 +25,13 @@ import sys
 TUNABLE = "glibc.malloc.hugetlb=1"
 SWITCH = "JAXTL_HUGE_PAGES"
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+THP_MODES = ("always", "madvise")  # the modes in which MADV_HUGEPAGE takes effect
+
+
+def switched_off(setting: str) -> bool:
+    """Whether an environment switch's value means off (``JAXTL_HUGE_PAGES``,
+    ``JAXTL_COMPILATION_CACHE``)."""
+    return setting.lower() in ("off", "0", "false", "no")
 
 
 def _glibc_version() -> tuple[int, int] | None:
@@ -55,11 +62,11 @@ def _thp_mode() -> str | None:
 def huge_page_environ(environ: dict[str, str], *, platform: str, glibc: tuple[int, int] | None,
                       thp_mode: str | None) -> dict[str, str] | None:
     """The environment to re-execute with so malloc uses huge pages, or None to go on as is."""
-    if environ.get(SWITCH, "").lower() in ("off", "0", "false", "no"):
+    if switched_off(environ.get(SWITCH, "")):
         return None
     if not platform.startswith("linux") or glibc is None or glibc < (2, 35):
         return None
-    if thp_mode not in ("always", "madvise"):
+    if thp_mode not in THP_MODES:
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" in tunables:  # set already: by us before the exec, or by the user
@@ -92,5 +99,4 @@ def reexec_with_huge_pages() -> None:
 
 def huge_pages_active() -> bool:
     """Whether this process started with glibc's malloc told to use transparent huge pages."""
-    return TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":") and _thp_mode() in (
-        "always", "madvise")
+    return TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":") and _thp_mode() in THP_MODES

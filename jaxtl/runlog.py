@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jax
 
-from jaxtl import workdir as workdir_lib
+from jaxtl import hostmem, workdir as workdir_lib
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -64,7 +64,7 @@ def enable_compilation_cache() -> str | None:
     assets; default ``~/.cache/jaxtl/xla``), so a rerun or resume does not compile its steps
     again. ``JAXTL_COMPILATION_CACHE`` names another folder, or ``off`` disables it."""
     setting = os.environ.get("JAXTL_COMPILATION_CACHE", "")
-    if setting.lower() in ("off", "0", "false", "no"):
+    if hostmem.switched_off(setting):
         return None
     folder = setting or os.path.join(
         os.environ.get("JAXTL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxtl")), "xla")
