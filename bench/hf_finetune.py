@@ -20,10 +20,10 @@ from pathlib import Path
 
 
 def process_start_time() -> float:
+    """As jaxtl.runlog.process_start_time (boot = now - /proc/uptime; not the whole-second btime)."""
     ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                if line.startswith("btime "))
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
 
 
 STARTED = process_start_time()

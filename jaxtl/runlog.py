@@ -46,13 +46,17 @@ def setup_logging() -> None:
 
 def process_start_time() -> float:
     """When this process started (``time.time()`` scale): from ``/proc`` on Linux, else the
-    moment this module was imported."""
+    moment this module was imported.
+
+    The kernel gives the start in clock ticks since boot (``/proc/self/stat`` field 22); the
+    boot moment is taken as now minus ``/proc/uptime`` (10 ms resolution), not ``/proc/stat``'s
+    ``btime``, which is truncated to whole seconds and made every start-up read up to 1 s long
+    (0.94 s on the benchmark host, bench/RESULTS.md §15)."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
         return _IMPORTED
 
 
