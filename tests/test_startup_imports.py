@@ -85,3 +85,18 @@ def test_tokenizer_and_tensorboard_writer_do_not_import_torch(folders, tmp_path)
     assert done.stdout.split() == ["False", "False", "1.0"], done.stdout
     assert list((tmp_path / "tb").glob("events.out.tfevents.*")), "no TensorBoard event file"
     assert '"loss": 0.5' in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_recipes_import_neither_scikit_learn_nor_scipy_until_a_split_is_scored():
+    # The token-classification recipe imports jaxtl.metrics at start-up; the metrics import the
+    # two libraries (2 s of that recipe's start) where they score.
+    code = ("import sys, jaxtl.cli, jaxtl.tasks as t\n"
+            "for task in t.RECIPES: t.recipe(task)\n"
+            "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))\n"
+            "from jaxtl import metrics\n"
+            "print(metrics.classification_metrics([0, 1, 1], [0, 1, 0])['accuracy'])\n"
+            "print(round(metrics.regression_metrics([1.0, 2.0, 3.0], [1.0, 2.5, 2.9])['spearman'], 3))\n"
+            "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:4] == ["[]", str(2 / 3), "1.0", "['scipy', 'sklearn']"], done.stdout
