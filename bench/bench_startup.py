@@ -86,7 +86,10 @@ def one_run(config: Path, workdir: Path, cache: Path) -> dict:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     metrics = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     first_step = next(r for r in metrics if r["split"] == "compile")["first_step_s"]
-    marks = dict((n, t) for n, t in out["marks"] if t is not None)
+    marks = {}
+    for name, t in out["marks"]:  # the first time each phase ends (the run may call them again)
+        if t is not None:
+            marks.setdefault(name, t)
     ends = [marks["imports"], marks["config"], marks["tokenizer"], marks["data"],
             marks["weights"], marks["train state"], first_step]
     phases = dict(zip(PHASES, [ends[0]] + [b - a for a, b in zip(ends, ends[1:])]))
