@@ -329,8 +329,15 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> int:
     """The process entry point (the ``jaxtl`` script, ``python -m jaxtl.cli``): :func:`main` in a
     process whose malloc uses transparent huge pages where available (:mod:`jaxtl.hostmem`)."""
+    import time
+
+    import jaxtl
     from jaxtl import hostmem
 
+    # Before the re-exec, which keeps the environment: start-up times count from here when this
+    # process was something else long before (runlog.process_start_time).
+    if os.environ.get(jaxtl.ENTRY_TIME_ENV, "").partition(":")[0] != str(os.getpid()):
+        os.environ[jaxtl.ENTRY_TIME_ENV] = f"{os.getpid()}:{time.time()!r}"
     hostmem.reexec_with_huge_pages()
     return main()
 
