@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
 import json, sys, time
-marks = [("process", None)]
+marks = []
 events = []
 def mark(name):
     marks.append((name, time.time()))
@@ -49,22 +49,23 @@ import jaxtl.cli, jaxtl.tasks.classification  # what `jaxtl finetune` imports be
 mark("imports")
 from jaxtl import hf, sharding, runlog
 from jaxtl.data import classification as cls_data
-def wrap(module, name, begin, end):
+def wrap(module, name, end, begin=None):
     inner = getattr(module, name)
     def timed(*a, **k):
-        mark(begin)
+        if begin:
+            mark(begin)
         try:
             return inner(*a, **k)
         finally:
             mark(end)
     setattr(module, name, timed)
-wrap(hf, "tokenizer", "config", "tokenizer")
-wrap(cls_data, "load_classification_data", "between", "data")
-wrap(hf, "pretrained_weights", "model config", "weights")
-wrap(sharding, "create_train_state", "between ", "train state")
+wrap(hf, "tokenizer", "tokenizer", begin="config")  # config: from the imports to the tokenizer
+wrap(cls_data, "load_classification_data", "data")
+wrap(hf, "pretrained_weights", "weights")
+wrap(sharding, "create_train_state", "train state")
 code = jaxtl.cli.main(sys.argv[1:])
 start = runlog.process_start_time()
-print(json.dumps({"marks": [(n, None if t is None else t - start) for n, t in marks],
+print(json.dumps({"marks": [(n, t - start) for n, t in marks],
                   "events": [(t - start, e, s) for t, e, s in events], "rc": code}))
 """
 
@@ -88,8 +89,7 @@ def one_run(config: Path, workdir: Path, cache: Path) -> dict:
     first_step = next(r for r in metrics if r["split"] == "compile")["first_step_s"]
     marks = {}
     for name, t in out["marks"]:  # the first time each phase ends (the run may call them again)
-        if t is not None:
-            marks.setdefault(name, t)
+        marks.setdefault(name, t)
     ends = [marks["imports"], marks["config"], marks["tokenizer"], marks["data"],
             marks["weights"], marks["train state"], first_step]
     phases = dict(zip(PHASES, [ends[0]] + [b - a for a, b in zip(ends, ends[1:])]))

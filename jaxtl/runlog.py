@@ -72,8 +72,10 @@ def process_start_time() -> float:
     except (OSError, ValueError, IndexError):
         return _IMPORTED
     pid, _, when = os.environ.get(jaxtl.ENTRY_TIME_ENV, "").partition(":")
+    if pid != str(os.getpid()):  # unset, or inherited from the process that started this one
+        return forked
     try:
-        entered = float(when) if pid == str(os.getpid()) else forked
+        entered = float(when)
     except ValueError:
         return forked
     return entered if entered - forked > ENTRY_GAP_S else forked
