@@ -59,5 +59,7 @@ def test_start_is_when_the_jaxtl_command_began_in_a_process_that_was_a_shell_bef
 @pytest.mark.skipif(not Path("/proc/uptime").exists(), reason="needs Linux /proc")
 def test_an_inherited_entry_time_of_another_process_is_ignored():
     code = "import time; from jaxtl import runlog; print(repr(runlog.process_start_time()), repr(time.time()))"
-    before, start, _ = _run_after(3, code, JAXTL_ENTRY_TIME=f"1:{time.time() + 1.0!r}")
+    # Another process's mark from while this one was still a shell (2.5 s > ENTRY_GAP_S after
+    # its fork): taken for this process's own, the start would move 2.5 s late.
+    before, start, _ = _run_after(3, code, JAXTL_ENTRY_TIME=f"1:{time.time() + 2.5!r}")
     assert before - 0.03 <= start < before + 0.5, (before, start)  # the fork
